@@ -1,0 +1,520 @@
+"""The scheduler: a sans-I/O state machine shared by every Orion runtime.
+
+Feed it events (``orion.scheduler.events``) with ``handle``; it returns the
+commands (``orion.scheduler.commands``) its owner must carry out. It owns:
+
+* the task table and each task's state:
+  ``pending`` (waiting on inputs) -> ``ready`` (queued) -> ``running`` ->
+  finished / failed / cancelled (then the record is dropped);
+* dependency counting: each pending task counts its unready inputs and each
+  pending object lists the tasks waiting on it, so a task becomes ready exactly
+  when its last input does, without scanning other tasks;
+* resource accounting per node (totals, free now) and per worker (idle, busy,
+  blocked in ``get``);
+* placement (``placement.py``), retries, failure propagation to dependents and
+  cancellation.
+
+It has no threads, sockets, clocks or pickles: owners call it from one thread
+(or under one lock), which keeps it deterministic and unit-testable.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from . import commands as cmd
+from . import events as ev
+from .events import Failure
+from .placement import make_policy
+
+PENDING = "pending"
+READY = "ready"
+RUNNING = "running"
+FINISHED = "finished"
+FAILED = "failed"
+CANCELLED = "cancelled"
+
+_EPSILON = 1e-9
+
+
+def fits(available, demand):
+    """True when every amount in ``demand`` is on offer in ``available``."""
+    for name, amount in demand.items():
+        if available.get(name, 0.0) + _EPSILON < amount:
+            return False
+    return True
+
+
+class _Task:
+    __slots__ = ("spec", "state", "waiting", "worker_id", "attempt", "retries_left", "cancel_requested")
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.state = PENDING
+        self.waiting = 0  # inputs not ready yet
+        self.worker_id = None
+        self.attempt = 0
+        self.retries_left = spec.max_retries  # -1: retry for ever
+        self.cancel_requested = False
+
+
+class _Object:
+    __slots__ = ("status", "failure", "dependents", "consumers", "release_requested")
+
+    def __init__(self):
+        self.status = PENDING  # pending -> ready | failed
+        self.failure = None
+        self.dependents = []  # ids of pending tasks waiting for this object
+        self.consumers = 0  # unfinished tasks that take this object as input
+        self.release_requested = False
+
+
+class _Node:
+    __slots__ = ("node_id", "address", "total", "available", "base_workers", "workers", "idle",
+                 "starting", "alive", "running")
+
+    def __init__(self, node_id, resources, base_workers, address):
+        self.node_id = node_id
+        self.address = address
+        self.total = dict(resources)
+        self.available = dict(resources)
+        self.base_workers = base_workers
+        self.workers = set()
+        self.idle = []  # idle worker ids, used as a stack (warm workers first)
+        self.starting = base_workers  # workers the node is starting on its own
+        self.alive = True
+        self.running = 0
+
+    def free_share(self):
+        total = self.total.get("CPU", 0.0)
+        if total <= 0:
+            return float(len(self.idle))
+        return self.available.get("CPU", 0.0) / total
+
+    def acquire(self, demand):
+        available = self.available
+        for name, amount in demand.items():
+            available[name] = available.get(name, 0.0) - amount
+
+    def release(self, demand):
+        available = self.available
+        for name, amount in demand.items():
+            available[name] = available.get(name, 0.0) + amount
+
+
+class _Worker:
+    __slots__ = ("worker_id", "node_id", "task_id", "blocked")
+
+    def __init__(self, worker_id, node_id):
+        self.worker_id = worker_id
+        self.node_id = node_id
+        self.task_id = None
+        self.blocked = False
+
+
+class Scheduler:
+    """See the module docstring. ``policy`` names a placement policy."""
+
+    def __init__(self, policy="least_loaded"):
+        self.policy = make_policy(policy)
+        self._tasks = {}
+        self._objects = {}
+        self._nodes = {}
+        self._workers = {}
+        # Ready tasks, one FIFO queue per resource shape (like Ray's scheduling
+        # classes): a task that does not fit cannot block others of another shape.
+        self._ready = {}
+        self._out = []
+        self._handlers = {
+            ev.TaskSubmitted: self._on_submitted,
+            ev.ObjectPut: self._on_object_put,
+            ev.TaskFinished: self._on_finished,
+            ev.TaskErrored: self._on_errored,
+            ev.NodeJoined: self._on_node_joined,
+            ev.NodeLost: self._on_node_lost,
+            ev.WorkerJoined: self._on_worker_joined,
+            ev.WorkerLost: self._on_worker_lost,
+            ev.WorkerBlocked: self._on_worker_blocked,
+            ev.WorkerUnblocked: self._on_worker_unblocked,
+            ev.CancelRequested: self._on_cancel,
+            ev.ObjectsReleased: self._on_released,
+        }
+
+    # ------------------------------------------------------------------ API
+    def handle(self, event):
+        """Apply one event; return the list of commands it caused."""
+        self._handlers[type(event)](event)
+        out, self._out = self._out, []
+        return out
+
+    def handle_all(self, events):
+        """Apply several events, scheduling once at the end (batches)."""
+        for event in events:
+            self._handlers[type(event)](event)
+        out, self._out = self._out, []
+        return out
+
+    # -------------------------------------------------------------- queries
+    def task_state(self, task_id):
+        """State of a live task, or None once it finished, failed or was cancelled."""
+        task = self._tasks.get(task_id)
+        return task.state if task else None
+
+    def object_status(self, object_id):
+        obj = self._objects.get(object_id)
+        return obj.status if obj else None
+
+    def worker_task(self, worker_id):
+        worker = self._workers.get(worker_id)
+        return worker.task_id if worker else None
+
+    def nodes(self):
+        """One plain dict per known node (dead ones too, with alive=False)."""
+        return [
+            {
+                "node_id": n.node_id,
+                "address": n.address,
+                "alive": n.alive,
+                "resources": dict(n.total),
+                "available": {k: max(0.0, v) for k, v in n.available.items()} if n.alive else {},
+                "running": n.running,
+                "workers": len(n.workers),
+            }
+            for n in self._nodes.values()
+        ]
+
+    def counts(self):
+        """Numbers of live tasks by state (for status and tests)."""
+        result = {PENDING: 0, READY: 0, RUNNING: 0}
+        for task in self._tasks.values():
+            result[task.state] += 1
+        return result
+
+    # --------------------------------------------------------------- events
+    def _on_submitted(self, event):
+        spec = event.spec
+        if spec.task_id in self._tasks:
+            return  # a re-submission of a task we already track
+        task = _Task(spec)
+        self._tasks[spec.task_id] = task
+        objects = self._objects
+        for return_id in spec.return_ids:
+            if return_id not in objects:
+                objects[return_id] = _Object()
+        failure = None
+        for dep in spec.dependencies:
+            obj = objects.get(dep)
+            if obj is None:
+                failure = Failure("object_lost", f"input object {dep} is unknown to the cluster "
+                                                 "(freed, or from another cluster)")
+                continue
+            obj.consumers += 1
+            if obj.status == PENDING:
+                obj.dependents.append(spec.task_id)
+                task.waiting += 1
+            elif obj.status == FAILED and failure is None:
+                failure = obj.failure
+        if failure is None and not self._feasible(spec.demand):
+            failure = Failure("unschedulable", f"task {spec.name or spec.task_id} demands "
+                                               f"{spec.demand}, which no node offers; nodes have "
+                                               f"{[n.total for n in self._nodes.values() if n.alive]}")
+        if failure is not None:
+            self._fail(task, failure)
+            return
+        if task.waiting == 0:
+            self._enqueue(task)
+            self._schedule()
+
+    def _on_object_put(self, event):
+        obj = self._objects.get(event.object_id)
+        if obj is None:
+            obj = self._objects[event.object_id] = _Object()
+        self._object_ready(obj)
+        self._schedule()
+
+    def _on_finished(self, event):
+        task = self._running_task(event.task_id, event.worker_id)
+        if task is None:
+            return  # a stale report (evicted worker, retried task): first finisher won
+        self._free_worker(event.worker_id)
+        if task.cancel_requested:
+            self._fail(task, _cancelled(task))
+        else:
+            task.state = FINISHED
+            del self._tasks[task.spec.task_id]
+            self._out.append(cmd.Publish(task.spec.task_id, task.spec.return_ids))
+            for return_id in task.spec.return_ids:
+                self._object_ready(self._objects[return_id])
+            self._drop_inputs(task)
+        self._schedule()
+        self._retire_idle_extras(event.worker_id)
+
+    def _on_errored(self, event):
+        task = self._running_task(event.task_id, event.worker_id)
+        if task is None:
+            return
+        self._free_worker(event.worker_id)
+        if task.cancel_requested or event.cancelled:
+            self._fail(task, _cancelled(task))
+        elif event.retryable and task.retries_left != 0:
+            self._retry(task, f"raised: {event.failure.message.splitlines()[-1] if event.failure.message else ''}")
+        else:
+            self._fail(task, event.failure)
+        self._schedule()
+        self._retire_idle_extras(event.worker_id)
+
+    def _on_node_joined(self, event):
+        node = self._nodes.get(event.node_id)
+        if node is not None and node.alive:
+            # Re-registration of a node we think is alive: forget the old
+            # incarnation first so its tasks are retried.
+            self._lose_node(node, "node re-registered")
+        self._nodes[event.node_id] = _Node(event.node_id, event.resources, event.base_workers, event.address)
+        self._schedule()
+
+    def _on_node_lost(self, event):
+        node = self._nodes.get(event.node_id)
+        if node is None or not node.alive:
+            return
+        self._lose_node(node, event.reason)
+        self._schedule()
+
+    def _on_worker_joined(self, event):
+        node = self._nodes.get(event.node_id)
+        if node is None or not node.alive or event.worker_id in self._workers:
+            self._out.append(cmd.StopWorker(event.worker_id))
+            return
+        self._workers[event.worker_id] = _Worker(event.worker_id, event.node_id)
+        node.workers.add(event.worker_id)
+        node.idle.append(event.worker_id)
+        if node.starting:
+            node.starting -= 1
+        self._schedule()
+        self._retire_idle_extras(event.worker_id)
+
+    def _on_worker_lost(self, event):
+        worker = self._workers.get(event.worker_id)
+        if worker is None:
+            return
+        node = self._nodes[worker.node_id]
+        self._lose_worker(worker, node, f"worker {worker.worker_id} on node {node.node_id} died: {event.reason}")
+        self._schedule()
+
+    def _on_worker_blocked(self, event):
+        worker = self._workers.get(event.worker_id)
+        if worker is None or worker.blocked or worker.task_id is None:
+            return
+        worker.blocked = True
+        node = self._nodes[worker.node_id]
+        node.release(self._tasks[worker.task_id].spec.demand)
+        self._schedule()
+
+    def _on_worker_unblocked(self, event):
+        worker = self._workers.get(event.worker_id)
+        if worker is None or not worker.blocked:
+            return
+        worker.blocked = False
+        # Take the resources back even past the node's total (a short
+        # oversubscription, as in Ray): the task must finish to free anything.
+        self._nodes[worker.node_id].acquire(self._tasks[worker.task_id].spec.demand)
+
+    def _on_cancel(self, event):
+        task = self._tasks.get(event.task_id)
+        if task is None:
+            return  # finished, failed or unknown: nothing to do
+        if task.state == RUNNING:
+            if not task.cancel_requested or event.force:
+                task.cancel_requested = True
+                self._out.append(cmd.InterruptTask(task.spec.task_id, task.worker_id, event.force))
+        else:
+            self._fail(task, _cancelled(task))
+
+    def _on_released(self, event):
+        for object_id in event.object_ids:
+            obj = self._objects.get(object_id)
+            if obj is None:
+                continue
+            obj.release_requested = True
+            self._maybe_release(object_id, obj)
+
+    # -------------------------------------------------------------- helpers
+    def _feasible(self, demand):
+        alive = [n for n in self._nodes.values() if n.alive]
+        if not alive:
+            return True  # no node yet: wait for one to join
+        return any(fits(n.total, demand) for n in alive)
+
+    def _running_task(self, task_id, worker_id):
+        task = self._tasks.get(task_id)
+        if task is None or task.state != RUNNING or task.worker_id != worker_id:
+            return None
+        return task
+
+    def _enqueue(self, task):
+        task.state = READY
+        demand = task.spec.demand
+        shape = tuple(sorted(demand.items())) if len(demand) > 1 else tuple(demand.items())
+        queue = self._ready.get(shape)
+        if queue is None:
+            queue = self._ready[shape] = deque()
+        queue.append(task.spec.task_id)
+
+    def _schedule(self):
+        """Dispatch queued tasks while some node can take them."""
+        if not self._ready:
+            return
+        tasks = self._tasks
+        emptied = []
+        for shape, queue in self._ready.items():
+            while queue:
+                task = tasks.get(queue[0])
+                if task is None or task.state != READY:
+                    queue.popleft()  # cancelled or failed while queued
+                    continue
+                node = self._pick_node(task.spec.demand)
+                if node is None:
+                    break
+                queue.popleft()
+                self._start(task, node)
+            if not queue:
+                emptied.append(shape)
+        for shape in emptied:
+            del self._ready[shape]
+
+    def _pick_node(self, demand):
+        candidates = []
+        short_of_workers = None
+        for node in self._nodes.values():
+            if node.alive and fits(node.available, demand):
+                if node.idle:
+                    candidates.append(node)
+                elif short_of_workers is None and not node.starting:
+                    short_of_workers = node
+        if candidates:
+            return self.policy.choose(candidates)
+        if short_of_workers is not None:
+            # Resources are free but every worker is busy or blocked in get:
+            # ask for one more worker so the node stays busy.
+            short_of_workers.starting += 1
+            self._out.append(cmd.StartWorker(short_of_workers.node_id))
+        return None
+
+    def _start(self, task, node):
+        worker_id = node.idle.pop()
+        worker = self._workers[worker_id]
+        worker.task_id = task.spec.task_id
+        node.acquire(task.spec.demand)
+        node.running += 1
+        task.state = RUNNING
+        task.worker_id = worker_id
+        task.attempt += 1
+        self._out.append(cmd.Dispatch(task.spec, worker_id, node.node_id))
+
+    def _free_worker(self, worker_id):
+        worker = self._workers[worker_id]
+        node = self._nodes[worker.node_id]
+        task = self._tasks[worker.task_id]
+        if not worker.blocked:
+            node.release(task.spec.demand)
+        worker.task_id = None
+        worker.blocked = False
+        node.running -= 1
+        node.idle.append(worker_id)
+
+    def _retire_idle_extras(self, worker_id):
+        """Stop extra workers (started for blocked ones) once they sit idle."""
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            return
+        node = self._nodes[worker.node_id]
+        while node.idle and len(node.workers) > node.base_workers:
+            retired = node.idle.pop(0)
+            node.workers.discard(retired)
+            del self._workers[retired]
+            self._out.append(cmd.StopWorker(retired))
+
+    def _lose_worker(self, worker, node, reason):
+        del self._workers[worker.worker_id]
+        node.workers.discard(worker.worker_id)
+        if worker.worker_id in node.idle:
+            node.idle.remove(worker.worker_id)
+        if worker.task_id is None:
+            return
+        task = self._tasks[worker.task_id]
+        if not worker.blocked:
+            node.release(task.spec.demand)
+        node.running -= 1
+        if task.cancel_requested:
+            self._fail(task, _cancelled(task))
+        elif task.retries_left != 0:
+            self._retry(task, reason)
+        else:
+            name = task.spec.name or task.spec.task_id
+            self._fail(task, Failure("worker_crashed", f"task {name} failed after "
+                                                       f"{task.attempt} attempt(s): {reason}"))
+
+    def _lose_node(self, node, reason):
+        node.alive = False
+        for worker_id in list(node.workers):
+            self._lose_worker(self._workers[worker_id], node,
+                              f"node {node.node_id} lost ({reason}) while worker {worker_id} ran it")
+        node.available = {}
+        node.idle = []
+        node.starting = 0
+
+    def _retry(self, task, reason):
+        if task.retries_left > 0:
+            task.retries_left -= 1
+        task.worker_id = None
+        self._out.append(cmd.Retry(task.spec.task_id, task.attempt + 1, reason))
+        self._enqueue(task)
+
+    def _object_ready(self, obj):
+        obj.status = READY
+        dependents, obj.dependents = obj.dependents, []
+        tasks = self._tasks
+        for task_id in dependents:
+            task = tasks.get(task_id)
+            if task is not None and task.state == PENDING:
+                task.waiting -= 1
+                if task.waiting == 0:
+                    self._enqueue(task)
+
+    def _fail(self, root, failure):
+        """Fail ``root`` and, transitively, every pending task downstream of it."""
+        stack = [root]
+        while stack:
+            task = stack.pop()
+            if task.state in (FINISHED, FAILED, CANCELLED):
+                continue
+            task.state = CANCELLED if failure.kind == "cancelled" else FAILED
+            self._tasks.pop(task.spec.task_id, None)
+            self._out.append(cmd.FailTask(task.spec.task_id, task.spec.return_ids, failure))
+            self._drop_inputs(task)
+            for return_id in task.spec.return_ids:
+                obj = self._objects[return_id]
+                obj.status = FAILED
+                obj.failure = failure
+                dependents, obj.dependents = obj.dependents, []
+                for dep_id in dependents:
+                    dependent = self._tasks.get(dep_id)
+                    if dependent is not None:
+                        stack.append(dependent)
+                self._maybe_release(return_id, obj)
+
+    def _drop_inputs(self, task):
+        objects = self._objects
+        for dep in task.spec.dependencies:
+            obj = objects.get(dep)
+            if obj is not None:
+                obj.consumers -= 1
+                if obj.release_requested:
+                    self._maybe_release(dep, obj)
+
+    def _maybe_release(self, object_id, obj):
+        if obj.release_requested and obj.consumers <= 0 and obj.status != PENDING:
+            del self._objects[object_id]
+            self._out.append(cmd.ReleaseObject(object_id))
+
+
+def _cancelled(task):
+    return Failure("cancelled", f"task {task.spec.name or task.spec.task_id} was cancelled")
