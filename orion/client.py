@@ -1,0 +1,227 @@
+"""The driver side of the API, shared by every transport.
+
+A ``Client`` turns ``f.remote(...)`` into task specs, ``get``/``wait`` into
+waits on a local ``ObjectStore``, and failures into the contract's exceptions.
+Subclasses say how specs reach the head and how values reach the local store
+(``InprocClient`` calls the head directly; the ZeroMQ client sends messages).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import threading
+
+from . import context, ids
+from .errors import GetTimeoutError, OrionError, failure_to_error
+from .head import TaskRecord
+from .object_ref import ObjectRef
+from .object_store import Failed
+from .scheduler.events import TaskSpec
+
+
+def _check_timeout(timeout):
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0, got {timeout!r}")
+    return float(timeout)
+
+
+def _as_ref_list(refs, what):
+    if isinstance(refs, ObjectRef):
+        return [refs], True
+    if not isinstance(refs, (list, tuple)):
+        raise TypeError(f"{what} takes an ObjectRef or a list of ObjectRefs, got {type(refs).__name__}")
+    for i, ref in enumerate(refs):
+        if not isinstance(ref, ObjectRef):
+            raise TypeError(f"{what} takes a list of ObjectRefs, but item {i} is {type(ref).__name__}")
+    return list(refs), False
+
+
+class Client:
+    peer_id = "driver"
+
+    def __init__(self, store):
+        self.store = store
+        self.closed = False
+        self._future_pool = None
+        self._future_lock = threading.Lock()
+
+    # ------------------------------------------------------ transport hooks
+    def _send_submit(self, specs, functions):
+        """Hand specs to the head; ``functions`` maps new function ids to functions."""
+        raise NotImplementedError
+
+    def _send_put(self, object_id, value):
+        raise NotImplementedError
+
+    def _request(self, object_ids):
+        """Make sure these values will reach the local store."""
+
+    def _blocked(self, worker_id, blocked):
+        """Tell the head this worker waits in get (True) or runs again (False)."""
+
+    def _send_cancel(self, task_id, force):
+        raise NotImplementedError
+
+    def _encode_args(self, args, kwargs, task_name):
+        """Whatever the head should carry to the worker; checks picklability."""
+        raise NotImplementedError
+
+    def _encode_value(self, value):
+        raise NotImplementedError
+
+    def _decode_value(self, entry):
+        return entry
+
+    def _decode_failure_payload(self, payload):
+        return payload
+
+    def nodes(self):
+        raise NotImplementedError
+
+    def shutdown(self):
+        self.closed = True
+        if self._future_pool is not None:
+            self._future_pool.shutdown(wait=False)
+
+    # ------------------------------------------------------------------ API
+    def submit(self, remote_function, args, kwargs, options):
+        self._check_open()
+        deps = []
+        for value in args:
+            if type(value) is ObjectRef:
+                deps.append(value.id)
+        if kwargs:
+            for value in kwargs.values():
+                if type(value) is ObjectRef:
+                    deps.append(value.id)
+        if len(deps) > 1:
+            deps = list(dict.fromkeys(deps))
+        task_id = ids.new_task_id()
+        return_ids = ids.return_ids(task_id, options.num_returns)
+        name = options.name or remote_function._default_name
+        record = TaskRecord(remote_function._function_id, self._encode_args(args, kwargs, name),
+                            options.num_returns, options.retry_exceptions, self.peer_id)
+        spec = TaskSpec(task_id, return_ids, tuple(deps), options.demand, options.max_retries, name, record)
+        with self._guard():
+            self._send_submit([spec], remote_function)
+        if options.num_returns == 1:
+            return ObjectRef(return_ids[0])
+        return [ObjectRef(i) for i in return_ids]
+
+    def put(self, value):
+        self._check_open()
+        if isinstance(value, ObjectRef):
+            raise TypeError("orion.put of an ObjectRef is not allowed; pass the ref itself")
+        object_id = ids.new_put_id()
+        encoded = self._encode_value(value)
+        with self._guard():
+            self._send_put(object_id, encoded)
+        return ObjectRef(object_id)
+
+    def get(self, refs, timeout=None):
+        timeout = _check_timeout(timeout)
+        ref_list, single = _as_ref_list(refs, "get")
+        self._check_open()
+        object_ids = [r.id for r in ref_list]
+        if not self._wait_for(object_ids, None, timeout):
+            missing = [i for i in object_ids if i not in self.store]
+            raise GetTimeoutError(f"get timed out after {timeout} s; {len(missing)} of {len(object_ids)} "
+                                  f"object(s) not ready, e.g. {missing[0]}")
+        values = [self._value(i) for i in object_ids]
+        return values[0] if single else values
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        timeout = _check_timeout(timeout)
+        ref_list, _ = _as_ref_list(refs, "wait")
+        if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
+            raise ValueError(f"num_returns must be an int >= 0, got {num_returns!r}")
+        if num_returns > len(ref_list):
+            raise ValueError(f"num_returns ({num_returns}) is larger than the number of refs ({len(ref_list)})")
+        if len(set(ref_list)) != len(ref_list):
+            raise ValueError("wait takes a list of distinct ObjectRefs; this one has duplicates")
+        self._check_open()
+        object_ids = [r.id for r in ref_list]
+        self._wait_for(object_ids, num_returns, timeout)
+        ready, not_ready = [], []
+        store = self.store
+        for ref in ref_list:
+            if len(ready) < num_returns and ref.id in store:
+                ready.append(ref)
+            else:
+                not_ready.append(ref)
+        return ready, not_ready
+
+    def cancel(self, ref, force=False):
+        if not isinstance(ref, ObjectRef):
+            raise TypeError(f"cancel takes an ObjectRef, got {type(ref).__name__}")
+        self._check_open()
+        if ref.id in self.store:
+            return  # finished (or failed): nothing to cancel
+        task_id = ids.task_of(ref.id)
+        with self._guard():
+            self._send_cancel(task_id, bool(force))
+
+    def future(self, ref):
+        self._check_open()
+        future = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()
+
+        def complete(object_id):
+            # Runs under the store's lock: finish the future elsewhere, since
+            # its done-callbacks are user code.
+            self._future_executor().submit(self._complete_future, future, object_id)
+
+        self._request([ref.id])
+        self.store.add_callback(ref.id, complete)
+        return future
+
+    # ------------------------------------------------------------ internals
+    def _check_open(self):
+        if self.closed:
+            raise OrionError("this Orion client was shut down; call orion.init() again")
+
+    def _guard(self):
+        worker = context.current.worker
+        return worker.guard() if worker is not None else contextlib.nullcontext()
+
+    def _wait_for(self, object_ids, num_ready, timeout):
+        store = self.store
+        missing = [i for i in object_ids if i not in store]
+        needed = len(object_ids) if num_ready is None else num_ready
+        if len(object_ids) - len(missing) >= needed:
+            return True
+        self._request(missing)
+        worker = context.current.worker
+        if worker is None:
+            return store.wait(object_ids, num_ready, timeout)
+        # Inside a task: give the slot back while we wait, so the tasks we wait
+        # for can run (no deadlock in recursive task graphs).
+        with worker.guard():
+            self._blocked(worker.worker_id, True)
+        try:
+            return worker.wait_interruptibly(store, object_ids, num_ready, timeout)
+        finally:
+            with worker.guard():
+                self._blocked(worker.worker_id, False)
+
+    def _value(self, object_id):
+        entry = self.store.lookup(object_id)
+        if type(entry) is Failed:
+            raise failure_to_error(entry.failure, self._decode_failure_payload)
+        return self._decode_value(entry)
+
+    def _future_executor(self):
+        with self._future_lock:
+            if self._future_pool is None:
+                self._future_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orion-futures")
+            return self._future_pool
+
+    def _complete_future(self, future, object_id):
+        try:
+            future.set_result(self._value(object_id))
+        except BaseException as exc:  # noqa: BLE001 - the future carries it
+            future.set_exception(exc)

@@ -1,0 +1,123 @@
+"""A thread-safe object store keyed by object id.
+
+Each entry is either a value (whatever the runtime stores: a Python object in
+the in-process runtime, serialized frames in the networked one) or a
+``Failed`` marker holding the scheduler's ``Failure``. Readers never poll: a
+caller waiting for several ids registers one ``_Latch`` (a counter plus a
+``threading.Event``) that the writers count down, so a ``put`` wakes only the
+callers that wait for that id.
+"""
+from __future__ import annotations
+
+import threading
+
+
+class Failed:
+    """Store entry for an object whose task failed, crashed or was cancelled."""
+
+    __slots__ = ("failure",)
+
+    def __init__(self, failure):
+        self.failure = failure
+
+
+class _Latch:
+    __slots__ = ("remaining", "event")
+
+    def __init__(self, remaining):
+        self.remaining = remaining
+        self.event = threading.Event()
+
+    def count_down(self, _object_id=None):
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.event.set()
+
+
+class ObjectStore:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries = {}
+        self._waiters = {}  # object id -> list of callables(object_id), run under the lock
+
+    def __contains__(self, object_id):
+        return object_id in self._entries
+
+    def __len__(self):
+        return len(self._entries)
+
+    def put(self, object_id, entry):
+        """Store ``entry`` (a value or ``Failed``) and wake whoever waits for it."""
+        with self._lock:
+            self._entries[object_id] = entry
+            callbacks = self._waiters.pop(object_id, None)
+            if callbacks:
+                for callback in callbacks:
+                    callback(object_id)
+
+    def put_many(self, items):
+        with self._lock:
+            entries, waiters = self._entries, self._waiters
+            for object_id, entry in items:
+                entries[object_id] = entry
+                callbacks = waiters.pop(object_id, None)
+                if callbacks:
+                    for callback in callbacks:
+                        callback(object_id)
+
+    def lookup(self, object_id, default=None):
+        return self._entries.get(object_id, default)
+
+    def delete(self, object_id):
+        with self._lock:
+            self._entries.pop(object_id, None)
+
+    def wait(self, object_ids, num_ready=None, timeout=None, interrupt=None):
+        """Block until ``num_ready`` of ``object_ids`` (default: all) are stored.
+
+        Returns True when they are, False on timeout. ``interrupt`` is an
+        optional callback registry used to wake the waiter early (cancel).
+        Leaves no waiter behind in either case.
+        """
+        ids = list(dict.fromkeys(object_ids))
+        if num_ready is None:
+            num_ready = len(ids)
+        with self._lock:
+            entries = self._entries
+            missing = [i for i in ids if i not in entries]
+            still_needed = num_ready - (len(ids) - len(missing))
+            if still_needed <= 0:
+                return True
+            if timeout is not None and timeout <= 0:
+                return False
+            latch = _Latch(still_needed)
+            for object_id in missing:
+                self._waiters.setdefault(object_id, []).append(latch.count_down)
+        if interrupt is not None:
+            interrupt(latch.event)
+        try:
+            return latch.event.wait(timeout) and latch.remaining <= 0
+        finally:
+            if latch.remaining > 0:
+                self._forget(missing, latch.count_down)
+
+    def add_callback(self, object_id, callback):
+        """Call ``callback(object_id)`` once the object is stored (now if it is).
+        The callback runs under the store's lock: keep it short, never block."""
+        with self._lock:
+            if object_id not in self._entries:
+                self._waiters.setdefault(object_id, []).append(callback)
+                return
+        callback(object_id)
+
+    def _forget(self, object_ids, callback):
+        with self._lock:
+            for object_id in object_ids:
+                callbacks = self._waiters.get(object_id)
+                if callbacks:
+                    try:
+                        callbacks.remove(callback)
+                    except ValueError:
+                        pass
+                    if not callbacks:
+                        del self._waiters[object_id]

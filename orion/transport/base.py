@@ -1,0 +1,38 @@
+"""The transport interface: how the head's commands reach workers and clients.
+
+The ``Head`` (``orion/head.py``) runs the scheduler and the object table; it
+knows peers only by id (worker ids, node ids, client peer ids) and hands
+plain data to a ``HeadTransport``. The in-process transport turns these calls
+into queue puts to worker threads; the ZeroMQ transport turns them into
+batched msgpack messages on a ROUTER socket. Events travel the other way: the
+transport calls the ``Head`` methods (``submit``, ``task_done``, ...) from the
+one thread (or under the one lock) that owns the head.
+"""
+from __future__ import annotations
+
+
+class HeadTransport:
+    def dispatch(self, worker_id, spec, inputs, function):
+        """Run task ``spec`` on ``worker_id``; ``inputs`` maps each dependency
+        id to its stored value; ``function`` is what the client registered."""
+        raise NotImplementedError
+
+    def interrupt(self, worker_id, task_id, force):
+        """Cancel a running task: KeyboardInterrupt in it, or kill the worker."""
+        raise NotImplementedError
+
+    def start_worker(self, node_id):
+        """Ask ``node_id`` for one more worker (it joins with ``worker_joined``)."""
+        raise NotImplementedError
+
+    def stop_worker(self, worker_id):
+        """Retire an idle worker."""
+        raise NotImplementedError
+
+    def deliver(self, peer_id, object_id, entry):
+        """``object_id`` is now stored (a value or ``Failed``); ``peer_id`` owns
+        or asked for it."""
+        raise NotImplementedError
+
+    def flush(self):
+        """End of one batch of head work: send whatever was buffered."""

@@ -1,0 +1,279 @@
+"""The in-process transport: the same ``Head`` and scheduler, worker threads, no sockets.
+
+One lock guards the head; the driver and every worker thread call it under
+that lock, so there is no scheduler thread and no hand-off on the submit or
+completion path. Each worker thread has an inbox queue; a dispatch is one
+queue put. Values are passed by reference (arguments are still checked for
+picklability at the call, so code that works here works on a cluster).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import logging
+import queue
+import threading
+
+import cloudpickle
+
+from .. import context, execution
+from ..client import Client
+from ..errors import OrionError
+from ..head import Head
+from ..object_ref import ObjectRef
+from ..scheduler.events import Failure, WorkerLost
+from .base import HeadTransport
+
+log = logging.getLogger("orion.inproc")
+
+NODE_ID = "inproc"
+_PLAIN_TYPES = (int, float, str, bytes, bool, type(None), ObjectRef)
+
+
+def check_picklable(value, what):
+    """Raise a TypeError naming ``what`` when ``value`` cannot be pickled."""
+    if type(value) in _PLAIN_TYPES:
+        return
+    try:
+        cloudpickle.dumps(value, protocol=5, buffer_callback=lambda buffer: None)
+    except Exception as exc:
+        raise TypeError(f"{what} cannot be pickled, so it cannot be sent to a task: "
+                        f"{type(exc).__name__}: {exc}") from exc
+
+
+class InprocWorker(threading.Thread):
+    """A worker thread: takes dispatches from its inbox and runs them."""
+
+    def __init__(self, runtime, worker_id):
+        super().__init__(name=f"orion-worker-{worker_id}", daemon=True)
+        self.runtime = runtime
+        self.worker_id = worker_id
+        self.inbox = queue.SimpleQueue()
+        self.abandoned = False  # force-cancelled: its result no longer counts
+        self._state = threading.Lock()
+        self._task_id = None
+        self._in_runtime = 0  # > 0 while in Orion's own code: no async exceptions there
+        self._interrupted = False
+        self._blocking_event = None
+
+    # -- called from other threads -------------------------------------------
+    def interrupt(self, task_id):
+        """Raise KeyboardInterrupt in the task, or wake it if it waits in get."""
+        with self._state:
+            if task_id is None or self._task_id != task_id:
+                return
+            self._interrupted = True
+            if self._blocking_event is not None:
+                self._blocking_event.set()
+            elif not self._in_runtime:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident),
+                                                           ctypes.py_object(KeyboardInterrupt))
+
+    # -- used by the client while this thread runs a task ----------------------
+    @contextlib.contextmanager
+    def guard(self):
+        with self._state:
+            self._in_runtime += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._in_runtime -= 1
+
+    def wait_interruptibly(self, store, object_ids, num_ready, timeout):
+        def register(event):
+            with self._state:
+                self._blocking_event = event
+                if self._interrupted:
+                    event.set()
+
+        with self.guard():
+            try:
+                ready = store.wait(object_ids, num_ready, timeout, interrupt=register)
+            finally:
+                with self._state:
+                    self._blocking_event = None
+            interrupted = self._interrupted
+        if interrupted:
+            raise KeyboardInterrupt("task cancelled while waiting in get")
+        return ready
+
+    # -- the thread ------------------------------------------------------------
+    def run(self):
+        context.current.worker = self
+        runtime = self.runtime
+        with runtime.lock:
+            runtime.head.worker_joined(self.worker_id, NODE_ID)
+        while True:
+            item = self.inbox.get()
+            if item is None:
+                return
+            spec, inputs, function = item
+            outcome = self._run_one(spec, inputs, function)
+            if self.abandoned:
+                return
+            with runtime.lock:
+                if outcome.failure is None:
+                    runtime.head.task_done(self.worker_id, spec.task_id, outcome.values)
+                else:
+                    runtime.head.task_failed(self.worker_id, spec.task_id, outcome.failure,
+                                             outcome.retryable, outcome.cancelled)
+
+    def _run_one(self, spec, inputs, function):
+        record = spec.payload
+        try:
+            with self._state:
+                self._task_id = spec.task_id
+                self._interrupted = False
+            args, kwargs = execution.resolve_args(*record.args, inputs)
+            outcome = execution.run(function, args, kwargs, record.num_returns, record.retry_exceptions,
+                                    spec.name)
+            with self._state:
+                self._task_id = None
+            return outcome
+        except KeyboardInterrupt:  # a cancel that landed just outside the function
+            with self._state:
+                self._task_id = None
+            return execution.Outcome(failure=Failure("cancelled", f"task {spec.name} was cancelled"),
+                                     cancelled=True)
+
+
+class InprocTransport(HeadTransport):
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.workers = {}
+        self._numbers = itertools.count(1)
+
+    def new_worker(self):
+        worker = InprocWorker(self.runtime, f"{NODE_ID}-w{next(self._numbers)}")
+        self.workers[worker.worker_id] = worker
+        worker.start()  # it announces itself with worker_joined under the head lock
+
+    def dispatch(self, worker_id, spec, inputs, function):
+        self.workers[worker_id].inbox.put((spec, inputs, function))
+
+    def interrupt(self, worker_id, task_id, force):
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return
+        worker.interrupt(task_id)
+        if force:
+            # Threads cannot be killed: abandon this one (its result is
+            # ignored, it exits when the task returns) and start a fresh one.
+            worker.abandoned = True
+            del self.workers[worker_id]
+            self.runtime.head.later(WorkerLost(worker_id, "killed by cancel(force=True)"))
+            self.new_worker()
+
+    def start_worker(self, node_id):
+        self.new_worker()
+
+    def stop_worker(self, worker_id):
+        worker = self.workers.pop(worker_id, None)
+        if worker is not None:
+            worker.inbox.put(None)
+
+    def deliver(self, peer_id, object_id, entry):
+        pass  # the client reads the head's own store
+
+    def flush(self):
+        pass
+
+
+class InprocRuntime:
+    """The whole cluster in this process: a head, one node, N worker threads."""
+
+    def __init__(self, num_workers, resources=None, policy="least_loaded"):
+        self.lock = threading.Lock()
+        self.transport = InprocTransport(self)
+        self.head = Head(self.transport, policy)
+        node_resources = {"CPU": float(num_workers)}
+        node_resources.update({k: float(v) for k, v in (resources or {}).items()})
+        with self.lock:
+            self.head.node_joined(NODE_ID, node_resources, num_workers, address=None)
+            for _ in range(num_workers):
+                self.transport.new_worker()
+
+    def shutdown(self):
+        with self.lock:
+            workers = list(self.transport.workers.values())
+            self.transport.workers.clear()
+        for worker in workers:
+            worker.interrupt(worker._task_id)
+            worker.inbox.put(None)
+        for worker in workers:
+            if worker is not threading.current_thread():
+                worker.join(timeout=2.0)
+
+
+class InprocClient(Client):
+    """The driver of the in-process runtime: calls the head under its lock."""
+
+    address = None
+
+    def __init__(self, num_workers, resources=None, policy="least_loaded"):
+        self.runtime = InprocRuntime(num_workers, resources, policy)
+        super().__init__(self.runtime.head.store)
+        self._known_functions = set()
+
+    def _send_submit(self, specs, remote_function):
+        head = self.runtime.head
+        with self.runtime.lock:
+            if remote_function._function_id not in self._known_functions:
+                self._known_functions.add(remote_function._function_id)
+                head.register_function(remote_function._function_id, remote_function._function)
+            head.submit(specs)
+
+    def _send_put(self, object_id, value):
+        with self.runtime.lock:
+            self.runtime.head.put(self.peer_id, object_id, value)
+
+    def _request(self, object_ids):
+        head = self.runtime.head
+        with self.runtime.lock:
+            for object_id in object_ids:
+                if not head.knows(object_id):
+                    self.store.put(object_id, _lost(object_id))
+
+    def _blocked(self, worker_id, blocked):
+        with self.runtime.lock:
+            if blocked:
+                self.runtime.head.worker_blocked(worker_id)
+            else:
+                self.runtime.head.worker_unblocked(worker_id)
+
+    def _send_cancel(self, task_id, force):
+        with self.runtime.lock:
+            self.runtime.head.cancel(task_id, force)
+
+    def _encode_args(self, args, kwargs, task_name):
+        for i, value in enumerate(args):
+            check_picklable(value, f"argument {i} of {task_name}")
+        for key, value in kwargs.items():
+            check_picklable(value, f"argument {key!r} of {task_name}")
+        return args, kwargs
+
+    def _encode_value(self, value):
+        check_picklable(value, "the value given to put")
+        return value
+
+    def nodes(self):
+        with self.runtime.lock:
+            return self.runtime.head.scheduler.nodes()
+
+    def shutdown(self):
+        if self.closed:
+            return
+        super().shutdown()
+        self.runtime.shutdown()
+
+
+def _lost(object_id):
+    from ..object_store import Failed
+
+    return Failed(Failure("object_lost", f"object {object_id} is not known to this cluster (it may belong "
+                                         "to a cluster that was shut down, or it was freed)"))
+
+
+__all__ = ["InprocClient", "InprocRuntime", "InprocTransport", "OrionError"]
