@@ -13,13 +13,18 @@ _prefix = os.urandom(6).hex()
 _counter = itertools.count(1)
 
 
-def _reseed():
+def reseed():
+    """A fresh prefix: ids made from now on cannot collide with earlier ones."""
     global _prefix, _counter
     _prefix = os.urandom(6).hex()
     _counter = itertools.count(1)
 
 
-os.register_at_fork(after_in_child=_reseed)
+def prefix():
+    return _prefix
+
+
+os.register_at_fork(after_in_child=reseed)
 
 
 def new_task_id():

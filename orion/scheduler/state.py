@@ -229,6 +229,7 @@ class Scheduler:
         if obj is None:
             obj = self._objects[event.object_id] = _Object()
         self._object_ready(obj)
+        self._maybe_release(event.object_id, obj)  # its release may have come while it was pending
         self._schedule()
 
     def _on_finished(self, event):
@@ -242,8 +243,15 @@ class Scheduler:
             task.state = FINISHED
             del self._tasks[task.spec.task_id]
             self._out.append(cmd.Publish(task.spec.task_id, task.spec.return_ids))
+            objects = self._objects
             for return_id in task.spec.return_ids:
-                self._object_ready(self._objects[return_id])
+                self._object_ready(objects[return_id])
+            for return_id in task.spec.return_ids:
+                # Released while the task ran, and no dependent took it: free it now
+                # (as _fail does for a failed task's results).
+                obj = objects.get(return_id)
+                if obj is not None:
+                    self._maybe_release(return_id, obj)
             self._drop_inputs(task)
         self._schedule()
         self._retire_idle_extras(event.worker_id)

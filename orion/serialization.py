@@ -1,0 +1,41 @@
+"""Values on the wire: cloudpickle with pickle protocol 5 out-of-band buffers.
+
+``dumps`` returns a small header (the pickle stream) plus the list of large
+buffers (numpy arrays, bytes-like objects) that pickle handed out of band;
+those ride as separate ZeroMQ frames and are never joined into one bytes
+object. ``loads`` takes the header and the frames back.
+"""
+from __future__ import annotations
+
+import pickle
+
+import cloudpickle
+
+
+class SerializationError(TypeError):
+    """A value could not be pickled; the message says which one."""
+
+
+def dumps(value, what="value"):
+    buffers = []
+    try:
+        header = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception as exc:
+        raise SerializationError(f"{what} cannot be pickled: {type(exc).__name__}: {exc}") from exc
+    return header, [b.raw() for b in buffers]
+
+
+def loads(header, buffers=()):
+    return pickle.loads(header, buffers=buffers)
+
+
+def dumps_args(args, kwargs, task_name):
+    """Pickle a task's arguments, naming the argument that cannot be pickled."""
+    try:
+        return dumps((args, kwargs))
+    except SerializationError:
+        for i, value in enumerate(args):
+            dumps(value, f"argument {i} of {task_name}")
+        for key, value in kwargs.items():
+            dumps(value, f"argument {key!r} of {task_name}")
+        raise

@@ -1,0 +1,119 @@
+"""The wire protocol: msgpack envelopes, their validation, and frame layout.
+
+A message is a list of ZeroMQ frames: ``[envelope, buffer, buffer, ...]``
+(the ROUTER adds the peer identity in front). The envelope is a msgpack array
+``[PROTOCOL_VERSION, type, body]`` where ``body`` is an array whose shape is
+fixed per type (``SCHEMAS``). Buffers are the out-of-band pickle buffers of
+the values that the body mentions, in order; each value in the body says how
+many buffers it owns. ``docs/PROTOCOL.md`` is the human-readable version.
+
+``decode`` validates everything before anyone uses it and raises
+``ProtocolError`` (only that) on any malformed input.
+"""
+from __future__ import annotations
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+MAX_ENVELOPE_BYTES = 64 * 1024 * 1024
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol."""
+
+
+_S, _B, _I, _F, _BOOL, _L, _D, _N = str, bytes, int, float, bool, list, dict, type(None)
+_NUM = (int, float)
+
+# type -> field types of its body (a tuple per field: allowed Python types).
+SCHEMAS = {
+    # any peer -> head
+    "hello": ((_S,), (_S,), (_S, _N), (_I,)),  # kind ("client"|"worker"), peer id, node id, pid
+    "goodbye": (),
+    "heartbeat": (),
+    "submit": ((_L,), (_L,)),  # functions [[id, blob]], tasks [record...]
+    "put": ((_S,), (_B,), (_I,)),  # object id, header, number of buffers
+    "subscribe": ((_L,),),  # object ids
+    "cancel": ((_S,), (_BOOL,)),  # task id, force
+    "release": ((_L,),),  # object ids
+    "nodes": ((_I,),),  # request id
+    # worker -> head
+    "blocked": (),
+    "unblocked": (),
+    "done": ((_S,), (_L,)),  # task id, results [[header, nbuf]]
+    "failed": ((_S,), (_L,), (_BOOL,), (_BOOL,)),  # task id, failure, retryable, cancelled
+    # node -> head
+    "register": ((_S,), (_D,), (_I,), (_S,), (_I,)),  # node id, resources, workers, address, pid
+    "worker_died": ((_S,), (_S,)),  # worker id, reason
+    # head -> peers
+    "welcome": ((_S,), (_NUM + (_N,)), (_I,)),  # head id, heartbeat interval, liveness
+    "registered": ((_NUM), (_I,)),  # heartbeat interval, liveness
+    "reregister": (),
+    "dispatch": ((_L,),),  # [task record for a worker]
+    "objects": ((_L,),),  # [[object id, ok, header | failure, nbuf]]
+    "nodes_reply": ((_I,), (_L,)),
+    "start_worker": (),
+    "stop_worker": ((_S,),),
+    "signal_worker": ((_S,), (_BOOL,)),  # worker id, force (kill) or interrupt
+    "error": ((_S,),),
+}
+
+
+def encode(msg_type, body=(), buffers=()):
+    """Frames for one message (without the routing identity)."""
+    return [msgpack.packb([PROTOCOL_VERSION, msg_type, list(body)], use_bin_type=True), *buffers]
+
+
+def decode(frames):
+    """``(type, body, buffers)`` from frames; ``ProtocolError`` if malformed."""
+    if not frames:
+        raise ProtocolError("empty message")
+    envelope = frames[0]
+    if len(envelope) > MAX_ENVELOPE_BYTES:
+        raise ProtocolError(f"envelope of {len(envelope)} bytes is over the {MAX_ENVELOPE_BYTES} limit")
+    try:
+        message = msgpack.unpackb(envelope, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:
+        raise ProtocolError(f"envelope is not valid msgpack: {type(exc).__name__}: {exc}") from None
+    if not isinstance(message, list) or len(message) != 3:
+        raise ProtocolError("envelope must be a msgpack array [version, type, body]")
+    version, msg_type, body = message
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version!r} is not supported (this side speaks "
+                            f"{PROTOCOL_VERSION})")
+    if not isinstance(msg_type, str):
+        raise ProtocolError(f"message type must be a string, got {type(msg_type).__name__}")
+    schema = SCHEMAS.get(msg_type)
+    if schema is None:
+        raise ProtocolError(f"unknown message type {msg_type!r}")
+    if not isinstance(body, list) or len(body) != len(schema):
+        raise ProtocolError(f"{msg_type} body must be an array of {len(schema)} fields")
+    for i, (value, allowed) in enumerate(zip(body, schema)):
+        if not isinstance(value, allowed) or (isinstance(value, bool) and _BOOL not in allowed):
+            raise ProtocolError(f"{msg_type} field {i} has type {type(value).__name__}")
+    return msg_type, body, frames[1:]
+
+
+def check(condition, what):
+    """Raise ProtocolError(what) unless ``condition``: for nested-field checks."""
+    if not condition:
+        raise ProtocolError(what)
+
+
+class BufferCursor:
+    """Hands out the out-of-band buffers of a message in order, checking counts."""
+
+    __slots__ = ("_buffers", "_next")
+
+    def __init__(self, buffers):
+        self._buffers = buffers
+        self._next = 0
+
+    def take(self, count):
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0 \
+                or self._next + count > len(self._buffers):
+            raise ProtocolError(f"message announces {count!r} buffers but only "
+                                f"{len(self._buffers) - self._next} are left")
+        start = self._next
+        self._next += count
+        return self._buffers[start:self._next]

@@ -1,0 +1,142 @@
+"""Encoding and validating the records inside protocol messages.
+
+Task records, stored values and failures each have one encoder and one
+validating decoder here, used by the head, the nodes, the worker processes
+and the drivers alike. A stored value is ``(header, buffers)`` as produced by
+``orion.serialization.dumps``; the head never unpickles anything.
+"""
+from __future__ import annotations
+
+import cloudpickle
+
+from ..head import TaskRecord
+from ..object_store import Failed
+from ..scheduler.events import FAILURE_KINDS, Failure, TaskSpec
+from .protocol import BufferCursor, ProtocolError, check
+
+
+def _is_str_list(value):
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# --------------------------------------------------------------- failures
+def encode_failure(failure):
+    payload = failure.payload
+    if payload is not None and not isinstance(payload, bytes):
+        payload = None  # in-process payloads never travel
+    return [failure.kind, failure.message, payload]
+
+
+def decode_failure(raw):
+    check(isinstance(raw, list) and len(raw) == 3, "failure must be [kind, message, payload]")
+    kind, message, payload = raw
+    check(kind in FAILURE_KINDS, f"unknown failure kind {kind!r}")
+    check(isinstance(message, str), "failure message must be a string")
+    check(payload is None or isinstance(payload, bytes), "failure payload must be bytes or nil")
+    return Failure(kind, message, payload)
+
+
+# ------------------------------------------------------------ task records
+def encode_submit_record(spec, args_header, nbuf):
+    record = spec.payload
+    retry_exceptions = record.retry_exceptions
+    if not isinstance(retry_exceptions, bool):  # a tuple of classes travels pickled
+        retry_exceptions = cloudpickle.dumps(retry_exceptions)
+    return [spec.task_id, list(spec.return_ids), list(spec.dependencies), spec.demand, spec.max_retries,
+            spec.name, record.function_id, record.num_returns, retry_exceptions, args_header, nbuf]
+
+
+def decode_submit_record(raw, cursor, owner):
+    check(isinstance(raw, list) and len(raw) == 11, "task record must have 11 fields")
+    (task_id, return_ids, deps, demand, max_retries, name, function_id, num_returns, retry_exc,
+     args_header, nbuf) = raw
+    check(isinstance(task_id, str) and task_id, "task id must be a non-empty string")
+    check(_is_str_list(return_ids) and return_ids, "return ids must be a non-empty list of strings")
+    check(_is_str_list(deps), "dependencies must be a list of strings")
+    check(isinstance(demand, dict) and all(isinstance(k, str) and isinstance(v, (int, float))
+                                           and not isinstance(v, bool) and v >= 0
+                                           for k, v in demand.items()), "demand must map names to amounts")
+    check(isinstance(max_retries, int) and not isinstance(max_retries, bool) and max_retries >= -1,
+          "max_retries must be an int >= -1")
+    check(isinstance(name, str), "name must be a string")
+    check(isinstance(function_id, str), "function id must be a string")
+    check(isinstance(num_returns, int) and not isinstance(num_returns, bool)
+          and num_returns == len(return_ids), "num_returns must match the return ids")
+    check(isinstance(retry_exc, (bool, bytes)), "retry_exceptions must be a bool or pickled classes")
+    check(isinstance(args_header, bytes), "arguments must be bytes")
+    buffers = cursor.take(nbuf)
+    record = TaskRecord(function_id, (args_header, buffers), num_returns, retry_exc, owner)
+    return TaskSpec(task_id, tuple(return_ids), tuple(deps), {k: float(v) for k, v in demand.items()},
+                    max_retries, name, record)
+
+
+def encode_dispatch(spec, inputs, function_blob, frames):
+    """The body record of a dispatch; appends the buffers it uses to ``frames``."""
+    record = spec.payload
+    args_header, args_buffers = record.args
+    frames.extend(args_buffers)
+    wire_inputs = []
+    for object_id, (header, buffers) in (inputs or {}).items():
+        wire_inputs.append([object_id, header, len(buffers)])
+        frames.extend(buffers)
+    return [spec.task_id, spec.name, record.function_id, function_blob, record.num_returns,
+            record.retry_exceptions, args_header, len(args_buffers), wire_inputs]
+
+
+def decode_dispatch(raw, buffers):
+    check(isinstance(raw, list) and len(raw) == 9, "dispatch record must have 9 fields")
+    task_id, name, function_id, blob, num_returns, retry_exc, args_header, nbuf, inputs = raw
+    check(isinstance(task_id, str) and isinstance(name, str) and isinstance(function_id, str),
+          "dispatch ids must be strings")
+    check(blob is None or isinstance(blob, bytes), "function must be bytes or nil")
+    check(isinstance(num_returns, int) and num_returns >= 1, "num_returns must be >= 1")
+    check(isinstance(retry_exc, (bool, bytes)), "retry_exceptions must be a bool or bytes")
+    check(isinstance(args_header, bytes), "arguments must be bytes")
+    check(isinstance(inputs, list), "inputs must be a list")
+    cursor = BufferCursor(buffers)
+    args = (args_header, cursor.take(nbuf))
+    decoded_inputs = {}
+    for item in inputs:
+        check(isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+              and isinstance(item[1], bytes), "input must be [object id, header, nbuf]")
+        decoded_inputs[item[0]] = (item[1], cursor.take(item[2]))
+    return task_id, name, function_id, blob, num_returns, retry_exc, args, decoded_inputs
+
+
+# ------------------------------------------------------------- stored values
+def encode_entry(object_id, entry, frames):
+    """One ``objects`` item for a stored value or ``Failed``; buffers go to ``frames``."""
+    if type(entry) is Failed:
+        return [object_id, False, encode_failure(entry.failure), 0]
+    header, buffers = entry
+    frames.extend(buffers)
+    return [object_id, True, header, len(buffers)]
+
+
+def decode_entries(items, buffers):
+    """``[(object_id, entry)]`` from an ``objects`` body."""
+    cursor = BufferCursor(buffers)
+    result = []
+    for item in items:
+        check(isinstance(item, list) and len(item) == 4 and isinstance(item[0], str)
+              and isinstance(item[1], bool), "object entry must be [id, ok, value, nbuf]")
+        object_id, ok, value, nbuf = item
+        if ok:
+            check(isinstance(value, bytes), "object value must be bytes")
+            result.append((object_id, (value, cursor.take(nbuf))))
+        else:
+            result.append((object_id, Failed(decode_failure(value))))
+    return result
+
+
+def decode_results(results, buffers):
+    cursor = BufferCursor(buffers)
+    values = []
+    for item in results:
+        check(isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes),
+              "result must be [header, nbuf]")
+        values.append((item[0], cursor.take(item[1])))
+    return values
+
+
+__all__ = ["ProtocolError"]

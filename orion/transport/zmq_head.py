@@ -1,0 +1,440 @@
+"""The networked head: one ROUTER socket, one thread, the shared ``Head`` behind it.
+
+Every peer connects a DEALER with an identity that says what it is:
+``n:<node id>`` (a worker node's supervisor), ``w:<worker id>`` (a worker
+process) or ``c:<random>`` (a driver). The server thread owns the socket and
+the ``Head``: it drains whatever arrived, feeds it to the head, then sends
+what the head's commands produced, batched per peer (many dispatches or
+values travel in one message). It keeps the node registry and heartbeats in
+both directions (Paranoid Pirate): a node silent for ``interval * liveness``
+seconds is evicted and its running tasks go back to the scheduler.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+import uuid
+
+import zmq
+
+from ..head import Head
+from . import protocol, wire
+from .base import HeadTransport
+from .protocol import ProtocolError, check
+
+log = logging.getLogger("orion.head")
+
+DEFAULT_HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats, both ways
+DEFAULT_HEARTBEAT_LIVENESS = 5  # missed heartbeats before a peer counts as dead
+_DRAIN_LIMIT = 2000  # messages handled before the loop sends what they produced
+
+
+def heartbeat_settings(interval=None, liveness=None):
+    """Heartbeat interval and liveness: arguments, else ``ORION_HEARTBEAT_*`` env, else defaults."""
+    interval = interval if interval is not None else float(
+        os.environ.get("ORION_HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL))
+    liveness = liveness if liveness is not None else int(
+        os.environ.get("ORION_HEARTBEAT_LIVENESS", DEFAULT_HEARTBEAT_LIVENESS))
+    if interval <= 0 or liveness < 1:
+        raise ValueError("heartbeat interval must be > 0 and liveness >= 1")
+    return interval, liveness
+
+
+def worker_identity(worker_id):
+    return b"w:" + worker_id.encode()
+
+
+class _NodeEntry:
+    __slots__ = ("node_id", "identity", "address", "pid", "last_seen", "alive", "workers")
+
+    def __init__(self, node_id, identity, address, pid, now):
+        self.node_id = node_id
+        self.identity = identity
+        self.address = address
+        self.pid = pid
+        self.last_seen = now
+        self.alive = True
+        self.workers = set()
+
+
+class ZmqHeadTransport(HeadTransport):
+    """Buffers what the head says per peer; the server sends it in batches."""
+
+    def __init__(self, server):
+        self.server = server
+        self.batches = {}  # identity -> {"dispatch": [records], "objects": [items], "frames": {...}}
+        self.singles = []  # (identity, frames) sent as they are
+
+    def _batch(self, identity, kind):
+        peer = self.batches.get(identity)
+        if peer is None:
+            peer = self.batches[identity] = {}
+        batch = peer.get(kind)
+        if batch is None:
+            batch = peer[kind] = ([], [])
+        return batch
+
+    def dispatch(self, worker_id, spec, inputs, function):
+        known = self.server.worker_functions.setdefault(worker_id, set())
+        function_id = spec.payload.function_id
+        blob = None
+        if function_id not in known:
+            known.add(function_id)
+            blob = function
+        records, frames = self._batch(worker_identity(worker_id), "dispatch")
+        records.append(wire.encode_dispatch(spec, inputs, blob, frames))
+
+    def deliver(self, peer_id, object_id, entry):
+        items, frames = self._batch(peer_id.encode("latin-1"), "objects")
+        items.append(wire.encode_entry(object_id, entry, frames))
+
+    def interrupt(self, worker_id, task_id, force):
+        node = self.server.node_of_worker(worker_id)
+        if node is not None:
+            self.singles.append((node.identity, protocol.encode("signal_worker", [worker_id, force])))
+
+    def start_worker(self, node_id):
+        node = self.server.nodes.get(node_id)
+        if node is not None and node.alive:
+            self.singles.append((node.identity, protocol.encode("start_worker")))
+
+    def stop_worker(self, worker_id):
+        node = self.server.node_of_worker(worker_id)
+        if node is not None:
+            self.singles.append((node.identity, protocol.encode("stop_worker", [worker_id])))
+
+    def flush(self):
+        pass  # the server sends once per drained batch of messages
+
+    def take(self):
+        """Everything buffered, as ``(identity, frames)`` messages."""
+        messages = self.singles
+        self.singles = []
+        for identity, kinds in self.batches.items():
+            for kind, (items, frames) in kinds.items():
+                messages.append((identity, protocol.encode(kind, [items], frames)))
+        self.batches = {}
+        return messages
+
+
+class HeadServer:
+    def __init__(self, host="127.0.0.1", port=0, *, heartbeat_interval=None, heartbeat_liveness=None,
+                 policy="least_loaded", context=None):
+        self.interval, self.liveness = heartbeat_settings(heartbeat_interval, heartbeat_liveness)
+        self.head_id = uuid.uuid4().hex[:12]
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self.router = self.context.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise, never vanish
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a peer reconnecting with its id takes over
+        self.router.setsockopt(zmq.SNDHWM, 0)  # no silent drops at a high-water mark
+        self.router.setsockopt(zmq.RCVHWM, 0)
+        self.router.setsockopt(zmq.LINGER, 0)
+        if port:
+            self.router.bind(f"tcp://{host}:{port}")
+        else:
+            port = self.router.bind_to_random_port(f"tcp://{host}")
+        self.address = f"tcp://{host}:{port}"
+        self.transport = ZmqHeadTransport(self)
+        self.head = Head(self.transport, policy)
+        self.nodes = {}  # node id -> _NodeEntry
+        self.worker_nodes = {}  # worker id -> node id
+        self.worker_functions = {}  # worker id -> function ids it has been sent
+        self.pending_workers = {}  # node id -> [worker ids] that said hello before their node registered
+        self.clients = set()
+        self.node_registered = threading.Condition()
+        self._wake_read, self._wake_write = os.pipe()
+        self._stopping = False
+        self._thread = None
+        self._bad_messages = 0
+        self._handlers = {
+            "hello": self._on_hello, "goodbye": self._on_goodbye, "heartbeat": self._on_heartbeat,
+            "register": self._on_register, "worker_died": self._on_worker_died, "submit": self._on_submit,
+            "put": self._on_put, "subscribe": self._on_subscribe, "cancel": self._on_cancel,
+            "release": self._on_release, "nodes": self._on_nodes, "blocked": self._on_blocked,
+            "unblocked": self._on_unblocked, "done": self._on_done, "failed": self._on_failed,
+        }
+
+    # ---------------------------------------------------------- lifecycle
+    def start(self):
+        self._thread = threading.Thread(target=self.serve, name="orion-head", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stopping = True
+        try:
+            os.write(self._wake_write, b"x")
+        except OSError:
+            pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def wait_for_nodes(self, count, timeout):
+        deadline = time.monotonic() + timeout
+        with self.node_registered:
+            while sum(1 for n in self.nodes.values() if n.alive) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.node_registered.wait(remaining)
+        return True
+
+    def serve(self):
+        """The server loop (blocks until ``stop``)."""
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self._wake_read, zmq.POLLIN)
+        next_tick = time.monotonic() + self.interval
+        try:
+            while not self._stopping:
+                timeout_ms = max(0.0, next_tick - time.monotonic()) * 1000
+                ready = dict(poller.poll(timeout_ms))
+                if self._stopping:
+                    break
+                if self.router in ready:
+                    self._drain()
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._tick(now)
+                    next_tick = now + self.interval
+                self._send_pending()
+        finally:
+            self._close()
+
+    def _close(self):
+        for node in self.nodes.values():
+            if node.alive:
+                self._send(node.identity, protocol.encode("reregister"))
+        self.router.close(linger=0)
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+        if self._own_context:
+            self.context.term()
+
+    # ---------------------------------------------------------- the loop
+    def _drain(self):
+        router = self.router
+        for _ in range(_DRAIN_LIMIT):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(frames)
+
+    def _handle(self, frames):
+        identity = frames[0]
+        try:
+            msg_type, body, buffers = protocol.decode(frames[1:])
+            handler = self._handlers.get(msg_type)
+            if handler is None:
+                raise ProtocolError(f"message type {msg_type!r} is not for the head")
+            handler(identity, body, buffers)
+        except ProtocolError as exc:
+            self._bad_message(identity, str(exc))
+        except Exception:  # a bug must not take the head down; say where it was
+            log.exception("error while handling a message from %r", identity)
+
+    def _bad_message(self, identity, reason):
+        self._bad_messages += 1
+        # Log the first few, then one line per thousand, so garbage cannot flood the log.
+        if self._bad_messages <= 10 or self._bad_messages % 1000 == 0:
+            log.warning("dropped a malformed message from %r (%d so far): %s", identity, self._bad_messages,
+                        reason)
+        if identity[:2] in (b"w:", b"n:", b"c:"):
+            self._send(identity, protocol.encode("error", [f"malformed message: {reason}"]))
+
+    def _send_pending(self):
+        for identity, frames in self.transport.take():
+            self._send(identity, frames)
+
+    def _send(self, identity, frames):
+        try:
+            self.router.send_multipart([identity, *frames], copy=False)
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            self._unreachable(identity)
+
+    def _unreachable(self, identity):
+        """ROUTER_MANDATORY told us the peer is not connected (any more)."""
+        kind, _, name = identity.decode("latin-1").partition(":")
+        if kind == "w" and name in self.worker_nodes:
+            log.warning("worker %s is unreachable; treating it as dead", name)
+            self.worker_nodes.pop(name, None)
+            self.head.worker_lost(name, "its connection to the head is gone")
+        elif kind == "c":
+            self.clients.discard(identity)
+
+    def _tick(self, now):
+        deadline = self.interval * self.liveness
+        for node in list(self.nodes.values()):
+            if not node.alive:
+                continue
+            silent = now - node.last_seen
+            if silent > deadline:
+                log.warning("node %s evicted: no heartbeat for %.1f s", node.node_id, silent)
+                self._lose_node(node, f"missed heartbeats for {silent:.1f} s")
+            else:
+                self._send(node.identity, protocol.encode("heartbeat"))
+
+    def _lose_node(self, node, reason):
+        node.alive = False
+        for worker_id in node.workers:
+            self.worker_nodes.pop(worker_id, None)
+            self.worker_functions.pop(worker_id, None)
+        node.workers.clear()
+        self.head.node_lost(node.node_id, reason)
+
+    def node_of_worker(self, worker_id):
+        node_id = self.worker_nodes.get(worker_id)
+        return self.nodes.get(node_id) if node_id else None
+
+    def _peer_node(self, identity):
+        """The live node entry behind a ``n:`` identity, else None."""
+        if identity[:2] != b"n:":
+            return None
+        node = self.nodes.get(identity[2:].decode("latin-1"))
+        return node if node is not None and node.alive and node.identity == identity else None
+
+    def _peer_worker(self, identity):
+        if identity[:2] != b"w:":
+            raise ProtocolError("only worker processes send this message")
+        worker_id = identity[2:].decode("latin-1")
+        if worker_id not in self.worker_nodes:
+            raise ProtocolError(f"worker {worker_id} has not said hello (or was lost)")
+        return worker_id
+
+    # ---------------------------------------------------------- handlers
+    def _on_hello(self, identity, body, buffers):
+        kind, peer_id, node_id, _pid = body
+        if kind == "client":
+            self.clients.add(identity)
+        elif kind == "worker":
+            check(identity == worker_identity(peer_id), "a worker's identity must be w:<worker id>")
+            check(isinstance(node_id, str), "a worker must name its node")
+            node = self.nodes.get(node_id)
+            if node is None or not node.alive:
+                self.pending_workers.setdefault(node_id, []).append(peer_id)
+            else:
+                self._join_worker(node, peer_id)
+        else:
+            raise ProtocolError(f"unknown peer kind {kind!r}")
+        self._send(identity, protocol.encode("welcome", [self.head_id, self.interval, self.liveness]))
+
+    def _join_worker(self, node, worker_id):
+        node.workers.add(worker_id)
+        self.worker_nodes[worker_id] = node.node_id
+        self.worker_functions[worker_id] = set()
+        self.head.worker_joined(worker_id, node.node_id)
+
+    def _on_register(self, identity, body, buffers):
+        node_id, resources, num_workers, address, _pid = body
+        check(identity == b"n:" + node_id.encode(), "a node's identity must be n:<node id>")
+        check(all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                  for k, v in resources.items()), "resources must map names to amounts >= 0")
+        check(num_workers >= 0, "num_workers must be >= 0")
+        old = self.nodes.get(node_id)
+        if old is not None and old.alive:
+            self._lose_node(old, "node re-registered")
+        verb = "registered" if old is None else "re-registered"
+        node = _NodeEntry(node_id, identity, address, _pid, time.monotonic())
+        with self.node_registered:
+            self.nodes[node_id] = node
+            self.node_registered.notify_all()
+        self.head.node_joined(node_id, {k: float(v) for k, v in resources.items()}, num_workers, address)
+        log.info("node %s %s from %s: %d workers, resources %s", node_id, verb, address, num_workers, resources)
+        self._send(identity, protocol.encode("registered", [self.interval, self.liveness]))
+        for worker_id in self.pending_workers.pop(node_id, []):
+            self._join_worker(node, worker_id)
+
+    def _on_heartbeat(self, identity, body, buffers):
+        node = self._peer_node(identity)
+        if node is None:
+            if identity[:2] == b"n:":
+                self._send(identity, protocol.encode("reregister"))
+            return
+        node.last_seen = time.monotonic()
+
+    def _on_goodbye(self, identity, body, buffers):
+        node = self._peer_node(identity)
+        if node is not None:
+            log.info("node %s said goodbye", node.node_id)
+            self._lose_node(node, "node shut down")
+            del self.nodes[node.node_id]
+        else:
+            self.clients.discard(identity)
+
+    def _on_worker_died(self, identity, body, buffers):
+        node = self._peer_node(identity)
+        check(node is not None, "only a registered node reports worker deaths")
+        node.last_seen = time.monotonic()
+        worker_id, reason = body
+        if worker_id in node.workers:
+            node.workers.discard(worker_id)
+            self.worker_nodes.pop(worker_id, None)
+            self.worker_functions.pop(worker_id, None)
+            log.info("worker %s on node %s died: %s", worker_id, node.node_id, reason)
+            self.head.worker_lost(worker_id, reason)
+        pending = self.pending_workers.get(node.node_id)
+        if pending and worker_id in pending:
+            pending.remove(worker_id)
+
+    def _on_submit(self, identity, body, buffers):
+        functions, tasks = body
+        cursor = protocol.BufferCursor(buffers)
+        owner = identity.decode("latin-1")
+        specs = [wire.decode_submit_record(raw, cursor, owner) for raw in tasks]
+        for item in functions:
+            check(isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                  and isinstance(item[1], bytes), "function must be [id, pickled bytes]")
+            self.head.register_function(item[0], item[1])
+        for spec in specs:
+            check(spec.payload.function_id in self.head.functions,
+                  f"task {spec.task_id} names function {spec.payload.function_id}, which was never sent")
+        self.head.submit(specs)
+
+    def _on_put(self, identity, body, buffers):
+        object_id, header, nbuf = body
+        values = protocol.BufferCursor(buffers).take(nbuf)
+        self.head.put(identity.decode("latin-1"), object_id, (header, values))
+
+    def _on_subscribe(self, identity, body, buffers):
+        object_ids = body[0]
+        check(all(isinstance(i, str) for i in object_ids), "object ids must be strings")
+        self.head.subscribe(identity.decode("latin-1"), object_ids)
+
+    def _on_cancel(self, identity, body, buffers):
+        self.head.cancel(body[0], body[1])
+
+    def _on_release(self, identity, body, buffers):
+        check(all(isinstance(i, str) for i in body[0]), "object ids must be strings")
+        self.head.release(body[0])
+
+    def _on_nodes(self, identity, body, buffers):
+        now = time.monotonic()
+        listing = []
+        for info in self.head.scheduler.nodes():
+            entry = self.nodes.get(info["node_id"])
+            info["heartbeat_age"] = round(now - entry.last_seen, 3) if entry else None
+            listing.append(info)
+        self._send(identity, protocol.encode("nodes_reply", [body[0], listing]))
+
+    def _on_blocked(self, identity, body, buffers):
+        self.head.worker_blocked(self._peer_worker(identity))
+
+    def _on_unblocked(self, identity, body, buffers):
+        self.head.worker_unblocked(self._peer_worker(identity))
+
+    def _on_done(self, identity, body, buffers):
+        worker_id = self._peer_worker(identity)
+        task_id, results = body
+        self.head.task_done(worker_id, task_id, wire.decode_results(results, buffers))
+
+    def _on_failed(self, identity, body, buffers):
+        worker_id = self._peer_worker(identity)
+        task_id, failure, retryable, cancelled = body
+        self.head.task_failed(worker_id, task_id, wire.decode_failure(failure), retryable, cancelled)

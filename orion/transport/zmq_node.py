@@ -1,0 +1,269 @@
+"""A worker node: registers with the head, heartbeats, and supervises worker processes.
+
+The node's one thread owns a DEALER socket (identity ``n:<node id>``). It
+registers (id, address, resources, number of workers), then starts its
+worker processes, which connect to the head themselves. It heartbeats the
+head and watches the head's heartbeats (Paranoid Pirate): when the head falls
+silent it reconnects with backoff and registers again. A thread per worker
+process waits for its exit and wakes the loop through a pipe, so the head
+learns of a death at once and the node starts a replacement.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import signal
+import socket as socketlib
+import subprocess
+import sys
+import threading
+import time
+
+import zmq
+
+from . import protocol
+from .protocol import ProtocolError
+from .zmq_head import heartbeat_settings
+
+log = logging.getLogger("orion.node")
+
+_MAX_BACKOFF = 8.0
+
+
+def _exit_reason(returncode):
+    if returncode is not None and returncode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+class _WorkerProcess:
+    __slots__ = ("worker_id", "process", "retiring")
+
+    def __init__(self, worker_id, process):
+        self.worker_id = worker_id
+        self.process = process
+        self.retiring = False
+
+
+class NodeAgent:
+    def __init__(self, address, num_workers, resources=None, node_id=None, *, heartbeat_interval=None,
+                 heartbeat_liveness=None, worker_env=None):
+        self.head_address = address
+        self.num_workers = num_workers
+        self.resources = {"CPU": float(num_workers)}
+        self.resources.update({k: float(v) for k, v in (resources or {}).items()})
+        self.node_id = node_id or f"{socketlib.gethostname()}-{os.getpid()}"
+        self.interval, self.liveness = heartbeat_settings(heartbeat_interval, heartbeat_liveness)
+        self.worker_env = dict(os.environ if worker_env is None else worker_env)
+        self.worker_env.setdefault("ORION_HEARTBEAT_INTERVAL", str(self.interval))
+        host = address.rsplit(":", 1)[0][len("tcp://"):]
+        self.address = host if host in ("127.0.0.1", "localhost") else socketlib.gethostname()
+        self.context = zmq.Context()
+        self.socket = None
+        self.workers = {}  # worker id -> _WorkerProcess
+        self.registered = threading.Event()
+        self._numbers = itertools.count(1)
+        self._exits = queue.SimpleQueue()  # (worker id, returncode) from the waiter threads
+        self._wake_read, self._wake_write = os.pipe()
+        self._stopping = False
+        self._thread = None
+
+    # ---------------------------------------------------------- lifecycle
+    def start(self):
+        self._thread = threading.Thread(target=self.serve, name="orion-node", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stopping = True
+        self._wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+
+    def _wake(self):
+        try:
+            os.write(self._wake_write, b"x")
+        except OSError:
+            pass
+
+    # ---------------------------------------------------------- the loop
+    def serve(self):
+        try:
+            self._serve()
+        finally:
+            self._shutdown()
+
+    def _connect(self):
+        if self.socket is not None:
+            self.socket.close(linger=0)
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.IDENTITY, b"n:" + self.node_id.encode())
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(self.head_address)
+        self._send("register", [self.node_id, self.resources, self.num_workers, self.address, os.getpid()])
+
+    def _serve(self):
+        self._connect()
+        poller = zmq.Poller()
+        poller.register(self._wake_read, zmq.POLLIN)
+        backoff = self.interval
+        head_seen = time.monotonic()
+        next_heartbeat = head_seen + self.interval
+        while not self._stopping:
+            poller.register(self.socket, zmq.POLLIN)
+            timeout_ms = max(0.0, next_heartbeat - time.monotonic()) * 1000
+            ready = dict(poller.poll(timeout_ms))
+            if self._wake_read in ready:
+                os.read(self._wake_read, 4096)
+                self._reap()
+            if self.socket in ready:
+                while True:
+                    try:
+                        frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    head_seen = time.monotonic()
+                    backoff = self.interval
+                    self._handle(frames)
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                if now - head_seen > self.interval * self.liveness:
+                    # Head silent: reconnect (a fresh socket drops what queued up) and register again.
+                    log.warning("head %s silent for %.1f s; reconnecting in %.1f s", self.head_address,
+                                now - head_seen, backoff)
+                    self.registered.clear()
+                    poller.unregister(self.socket)
+                    if self._sleep(backoff):
+                        break
+                    backoff = min(backoff * 2, _MAX_BACKOFF)
+                    self._connect()
+                    head_seen = time.monotonic()
+                elif self.registered.is_set():
+                    self._send("heartbeat")
+                next_heartbeat = time.monotonic() + self.interval
+
+    def _sleep(self, seconds):
+        """Wait ``seconds`` unless woken by ``stop``; True when stopping."""
+        poller = zmq.Poller()
+        poller.register(self._wake_read, zmq.POLLIN)
+        deadline = time.monotonic() + seconds
+        while not self._stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if poller.poll(remaining * 1000):
+                os.read(self._wake_read, 4096)
+                self._reap()
+        return True
+
+    def _send(self, msg_type, body=()):
+        self.socket.send_multipart(protocol.encode(msg_type, body))
+
+    def _handle(self, frames):
+        try:
+            msg_type, body, _ = protocol.decode(frames)
+        except ProtocolError as exc:
+            log.warning("dropped a malformed message from the head: %s", exc)
+            return
+        if msg_type == "registered":
+            log.info("node %s registered with %s", self.node_id, self.head_address)
+            first = not self.registered.is_set()
+            self.registered.set()
+            if first:
+                self._restart_workers()
+        elif msg_type == "heartbeat":
+            pass
+        elif msg_type == "reregister":
+            self.registered.clear()
+            self._send("register", [self.node_id, self.resources, self.num_workers, self.address,
+                                    os.getpid()])
+        elif msg_type == "start_worker":
+            self._spawn()
+        elif msg_type == "stop_worker":
+            worker = self.workers.get(body[0])
+            if worker is not None:
+                worker.retiring = True
+                worker.process.terminate()
+        elif msg_type == "signal_worker":
+            worker = self.workers.get(body[0])
+            if worker is not None and worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGKILL if body[1] else signal.SIGINT)
+        elif msg_type == "error":
+            log.warning("the head says: %s", body[0])
+        else:
+            log.warning("ignored unexpected %s message from the head", msg_type)
+
+    # ---------------------------------------------------------- worker processes
+    def _restart_workers(self):
+        """(Re)start the node's workers: the head knows none of the old ones."""
+        for worker in list(self.workers.values()):
+            worker.retiring = True
+            worker.process.kill()
+        for _ in range(self.num_workers):
+            self._spawn()
+
+    def _spawn(self):
+        worker_id = f"{self.node_id}-w{next(self._numbers)}"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "orion.transport.zmq_worker", self.head_address, worker_id, self.node_id],
+            stdin=subprocess.PIPE, env=self.worker_env, start_new_session=True)
+        self.workers[worker_id] = _WorkerProcess(worker_id, process)
+        threading.Thread(target=self._await_exit, args=(worker_id, process), daemon=True,
+                         name=f"orion-wait-{worker_id}").start()
+
+    def _await_exit(self, worker_id, process):
+        self._exits.put((worker_id, process.wait()))
+        self._wake()
+
+    def _reap(self):
+        while True:
+            try:
+                worker_id, returncode = self._exits.get_nowait()
+            except queue.Empty:
+                return
+            worker = self.workers.pop(worker_id, None)
+            if worker is None or self._stopping:
+                continue
+            if worker.process.stdin:
+                worker.process.stdin.close()
+            reason = _exit_reason(returncode)
+            if not worker.retiring:
+                log.warning("worker %s %s; starting a replacement", worker_id, reason)
+            if self.registered.is_set():
+                self._send("worker_died", [worker_id, reason])
+                live = sum(1 for w in self.workers.values() if not w.retiring)
+                if not worker.retiring and live < self.num_workers:
+                    self._spawn()
+
+    def _shutdown(self):
+        said_goodbye = False
+        try:
+            if self.socket is not None and self.registered.is_set():
+                self._send("goodbye")
+                said_goodbye = True
+        except zmq.ZMQError:
+            pass
+        workers = list(self.workers.values())
+        for worker in workers:
+            if worker.process.poll() is None:
+                worker.process.terminate()
+        deadline = time.monotonic() + 3.0
+        for worker in workers:
+            try:
+                worker.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+            if worker.process.stdin:
+                worker.process.stdin.close()
+        self.workers.clear()
+        if self.socket is not None:
+            self.socket.close(linger=500 if said_goodbye else 0)  # let the goodbye leave
+        self.context.term()
+        os.close(self._wake_read)
+        os.close(self._wake_write)

@@ -1,0 +1,282 @@
+"""A worker process: runs tasks that the head dispatches to it.
+
+Started by its node (``python -m orion.transport.zmq_worker ADDRESS WORKER_ID
+NODE_ID``). One thread owns one DEALER socket to the head (identity
+``w:<worker id>``): it receives a dispatch, runs the task, sends the result.
+Functions arrive pickled once and are cached by id. Inside a task the same
+socket serves ``orion.get``/``.remote`` (the worker is also a client), so a
+nested ``get`` tells the head the worker is blocked and waits on the socket.
+
+Cancellation arrives as SIGINT from the node: it raises KeyboardInterrupt in
+the task, unless the worker is inside Orion's own code, where it is noted and
+raised at the way out. The worker exits when its stdin (a pipe from the node)
+closes: a dead node leaves no orphan workers.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import cloudpickle
+import zmq
+
+from .. import api, context, execution, serialization
+from ..client import Client
+from ..object_store import ObjectStore
+from ..scheduler.events import Failure
+from . import protocol, wire
+from .protocol import ProtocolError
+
+log = logging.getLogger("orion.worker")
+
+
+def _watch_parent():
+    """Exit when the node that started us is gone (its end of our stdin closes)."""
+    try:
+        while sys.stdin.buffer.read(65536):
+            pass
+    except (OSError, ValueError):
+        pass
+    os._exit(0)
+
+
+class WorkerClient(Client):
+    """The client API inside a worker process, over the worker's own socket."""
+
+    def __init__(self, worker):
+        super().__init__(ObjectStore())
+        self.worker = worker
+        self.peer_id = "w:" + worker.worker_id
+        self.address = worker.address
+        self._sent_functions = set()
+
+    def _send_submit(self, specs, remote_function):
+        functions = []
+        if remote_function._function_id not in self._sent_functions:
+            self._sent_functions.add(remote_function._function_id)
+            functions.append([remote_function._function_id,
+                              serialization.dumps(remote_function._function, "the function")[0]])
+        frames, records = [], []
+        for spec in specs:
+            header, buffers = spec.payload.args
+            records.append(wire.encode_submit_record(spec, header, len(buffers)))
+            frames.extend(buffers)
+        self.worker.send("submit", [functions, records], frames)
+
+    def _encode_args(self, args, kwargs, task_name):
+        return serialization.dumps_args(args, kwargs, task_name)
+
+    def _encode_value(self, value):
+        return serialization.dumps(value, "the value given to put")
+
+    def _send_put(self, object_id, value):
+        header, buffers = value
+        self.worker.send("put", [object_id, header, len(buffers)], buffers)
+
+    def _request(self, object_ids):
+        self.worker.send("subscribe", [list(object_ids)])
+
+    def _blocked(self, worker_id, blocked):
+        self.worker.send("blocked" if blocked else "unblocked")
+
+    def _send_cancel(self, task_id, force):
+        self.worker.send("cancel", [task_id, force])
+
+    def _decode_value(self, entry):
+        header, buffers = entry
+        return serialization.loads(header, buffers)
+
+    def _decode_failure_payload(self, payload):
+        return serialization.loads(payload)
+
+    def nodes(self):
+        self.worker.send("nodes", [0])
+        return self.worker.wait_reply("nodes_reply")
+
+
+class Worker:
+    def __init__(self, address, worker_id, node_id):
+        self.address = address
+        self.worker_id = worker_id
+        self.node_id = node_id
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.IDENTITY, b"w:" + worker_id.encode())
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(address)
+        self.functions = {}
+        self.client = WorkerClient(self)
+        self._task_id = None
+        self._in_runtime = 0
+        self._polling = False
+        self._interrupted = False
+        self._interrupt_raised = False
+        self._replies = {}
+
+    # ---------------------------------------------------------- socket
+    def send(self, msg_type, body=(), buffers=()):
+        self.socket.send_multipart(protocol.encode(msg_type, body, buffers), copy=False)
+
+    def _receive(self, timeout_ms=None):
+        """Handle one incoming message; returns False on timeout."""
+        if timeout_ms is not None and not self.socket.poll(timeout_ms):
+            return False
+        frames = self.socket.recv_multipart()
+        try:
+            msg_type, body, buffers = protocol.decode(frames)
+            if msg_type == "dispatch":
+                for record in body[0]:
+                    self._run(wire.decode_dispatch(record, buffers))
+            elif msg_type == "objects":
+                self.client.store.put_many(wire.decode_entries(body[0], buffers))
+            elif msg_type == "error":
+                log.warning("the head says: %s", body[0])
+            else:
+                self._replies[msg_type] = body
+        except ProtocolError as exc:
+            log.warning("dropped a malformed message from the head: %s", exc)
+        return True
+
+    def wait_reply(self, msg_type, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while msg_type not in self._replies:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._receive(remaining * 1000):
+                raise TimeoutError(f"the head did not answer {msg_type} in {timeout} s")
+        return self._replies.pop(msg_type)[1]
+
+    # ---------------------------------------------------------- task context (see orion.context)
+    @contextlib.contextmanager
+    def guard(self):
+        self._in_runtime += 1
+        try:
+            yield
+        finally:
+            self._in_runtime -= 1
+        self._raise_pending_interrupt()
+
+    def _raise_pending_interrupt(self):
+        if self._interrupted and not self._interrupt_raised and not self._in_runtime:
+            self._interrupt_raised = True
+            raise KeyboardInterrupt("task cancelled")
+
+    def wait_interruptibly(self, store, object_ids, num_ready, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ids = list(dict.fromkeys(object_ids))
+        needed = len(ids) if num_ready is None else num_ready
+        self._in_runtime += 1
+        try:
+            while sum(1 for i in ids if i in store) < needed:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if remaining == 0.0:
+                    return False
+                self._polling = True
+                try:
+                    self._receive(None if remaining is None else remaining * 1000)
+                finally:
+                    self._polling = False
+                if self._interrupted:
+                    break
+            return True
+        except KeyboardInterrupt:
+            self._interrupt_raised = False
+            return False
+        finally:
+            self._in_runtime -= 1
+            self._raise_pending_interrupt()
+
+    def _on_sigint(self, signum, frame):
+        if self._task_id is None:
+            return  # idle: a stray interrupt for a task that already ended
+        self._interrupted = True
+        if self._in_runtime and not self._polling:
+            return  # raised on the way out of Orion's code (guard / wait_interruptibly)
+        self._interrupt_raised = True
+        raise KeyboardInterrupt("task cancelled")
+
+    # ---------------------------------------------------------- tasks
+    def _run(self, dispatch):
+        task_id, name, function_id, blob, num_returns, retry_exc, args, inputs = dispatch
+        self._interrupted = self._interrupt_raised = False
+        self._task_id = task_id
+        try:
+            outcome = self._execute(name, function_id, blob, num_returns, retry_exc, args, inputs)
+        except KeyboardInterrupt:  # a cancel that landed just outside the function
+            outcome = execution.Outcome(failure=Failure("cancelled", f"task {name} was cancelled"),
+                                        cancelled=True)
+        finally:
+            self._task_id = None
+        self.client.store = ObjectStore()  # values fetched by this task are not kept
+        if outcome.failure is None:
+            frames, results = [], []
+            try:
+                for value in outcome.values:
+                    header, buffers = serialization.dumps(value, f"the result of task {name}")
+                    results.append([header, len(buffers)])
+                    frames.extend(buffers)
+            except serialization.SerializationError as exc:
+                outcome = execution.Outcome(failure=execution.task_failure(exc, name))
+            else:
+                self.send("done", [task_id, results], frames)
+                return
+        failure = outcome.failure
+        self.send("failed", [task_id, wire.encode_failure(Failure(failure.kind, failure.message,
+                                                                  _pickle_payload(failure.payload))),
+                             outcome.retryable, outcome.cancelled])
+
+    def _execute(self, name, function_id, blob, num_returns, retry_exc, args, inputs):
+        try:
+            function = self.functions.get(function_id)
+            if function is None:
+                if blob is None:
+                    raise RuntimeError(f"function {function_id} was never sent to this worker")
+                function = self.functions[function_id] = cloudpickle.loads(blob)
+            if isinstance(retry_exc, bytes):
+                retry_exc = cloudpickle.loads(retry_exc)
+            call_args, call_kwargs = serialization.loads(*args)
+            values = {object_id: serialization.loads(h, b) for object_id, (h, b) in inputs.items()}
+            call_args, call_kwargs = execution.resolve_args(call_args, call_kwargs, values)
+        except Exception as exc:  # unpicklable here (missing module...): the task fails, clearly
+            return execution.Outcome(failure=execution.task_failure(exc, name))
+        return execution.run(function, call_args, call_kwargs, num_returns, retry_exc, name)
+
+    # ---------------------------------------------------------- main
+    def serve(self):
+        context.current.worker = self
+        api._install_client(self.client)
+        self.send("hello", ["worker", self.worker_id, self.node_id, os.getpid()])
+        while True:
+            try:
+                self._receive()
+            except KeyboardInterrupt:
+                continue  # a cancel that arrived after its task ended
+
+
+def _pickle_payload(payload):
+    if payload is None or isinstance(payload, bytes):
+        return payload
+    cause, text, name = payload
+    try:
+        return cloudpickle.dumps((cause, text, name))
+    except Exception:  # the exception itself cannot travel: keep its text
+        return cloudpickle.dumps((None, text, name))
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    address, worker_id, node_id = argv[:3]
+    logging.basicConfig(level=logging.WARNING, format=f"[worker {worker_id}] %(levelname)s %(message)s")
+    threading.Thread(target=_watch_parent, name="orion-parent-watch", daemon=True).start()
+    worker = Worker(address, worker_id, node_id)
+    signal.signal(signal.SIGINT, worker._on_sigint)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    worker.serve()
+
+
+if __name__ == "__main__":
+    main()
