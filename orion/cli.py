@@ -1,0 +1,208 @@
+"""The ``orion`` command: ``head``, ``worker``, ``status`` and ``demo``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+DEFAULT_PORT = 6380
+
+
+def _log_to_stdout():
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _stop_on_signals(stop):
+    def handler(signum, frame):
+        stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_head(args):
+    from .transport.zmq_head import HeadServer
+
+    try:
+        server = HeadServer(args.host, args.port, heartbeat_interval=args.heartbeat_interval,
+                            heartbeat_liveness=args.heartbeat_liveness, policy=args.policy)
+    except Exception as exc:  # port in use, bad host...
+        print(f"orion head: cannot bind tcp://{args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    print(server.address, flush=True)
+    _log_to_stdout()
+    logging.getLogger("orion.head").info("head %s listening on %s (heartbeat %.2f s x %d)", server.head_id,
+                                         server.address, server.interval, server.liveness)
+    _stop_on_signals(server.stop)
+    server.serve()  # returns once a signal called stop
+    logging.getLogger("orion.head").info("head stopped")
+    return 0
+
+
+def cmd_worker(args):
+    from .api import check_address
+    from .transport.zmq_node import NodeAgent
+
+    try:
+        check_address(args.address)
+        resources = json.loads(args.resources) if args.resources else {}
+        if not isinstance(resources, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                for k, v in resources.items()) or "CPU" in resources:
+            raise ValueError(f"--resources must be a JSON object of name -> amount >= 0 (not CPU), "
+                             f"got {args.resources}")
+        if args.num_workers < 1:
+            raise ValueError(f"--num-workers must be >= 1, got {args.num_workers}")
+    except (ValueError, json.JSONDecodeError) as exc:
+        print(f"orion worker: {exc}", file=sys.stderr)
+        return 2
+    _log_to_stdout()
+    node = NodeAgent(args.address, args.num_workers, resources, args.node_id,
+                     heartbeat_interval=args.heartbeat_interval, heartbeat_liveness=args.heartbeat_liveness)
+    logging.getLogger("orion.node").info("node %s starting %d workers for head %s", node.node_id,
+                                         args.num_workers, args.address)
+    _stop_on_signals(node.stop)
+    node.serve()
+    logging.getLogger("orion.node").info("node %s stopped", node.node_id)
+    return 0
+
+
+def query_nodes(address, timeout=3.0):
+    """Ask the head at ``address`` for its node table; None if it does not answer."""
+    import zmq
+
+    from .transport import protocol
+
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(address)
+        sock.send_multipart(protocol.encode("nodes", [1]))
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(remaining * 1000):
+                return None
+            try:
+                msg_type, body, _ = protocol.decode(sock.recv_multipart())
+            except protocol.ProtocolError:
+                continue
+            if msg_type == "nodes_reply":
+                return body[1]
+    finally:
+        sock.close(linger=0)
+        context.term()
+
+
+def _fmt(amount):
+    return f"{amount:g}"
+
+
+def format_status(nodes):
+    rows = [("NODE", "ADDRESS", "ALIVE", "CPU USED/TOTAL", "RUNNING", "OTHER RESOURCES", "HEARTBEAT AGE")]
+    totals_used, totals_all, running = {}, {}, 0
+    for node in nodes:
+        total, free = node["resources"], node["available"]
+        used = {k: max(0.0, total[k] - free.get(k, 0.0)) for k in total} if node["alive"] else {}
+        other = ", ".join(f"{k} {_fmt(used.get(k, 0))}/{_fmt(v)}" for k, v in total.items() if k != "CPU")
+        age = node.get("heartbeat_age")
+        rows.append((node["node_id"], str(node["address"]), "yes" if node["alive"] else "no",
+                     f"{_fmt(used.get('CPU', 0))}/{_fmt(total.get('CPU', 0))}", str(node["running"]),
+                     other or "-", "-" if age is None else f"{age:.1f}s"))
+        if node["alive"]:
+            running += node["running"]
+            for k, v in total.items():
+                totals_all[k] = totals_all.get(k, 0.0) + v
+                totals_used[k] = totals_used.get(k, 0.0) + used.get(k, 0.0)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    alive = sum(1 for n in nodes if n["alive"])
+    totals = ", ".join(f"{k} {_fmt(totals_used.get(k, 0))}/{_fmt(v)}" for k, v in totals_all.items()) or "CPU 0/0"
+    lines.append(f"total: {alive} alive node(s) of {len(nodes)}, {totals} used, {running} task(s) running")
+    return "\n".join(lines)
+
+
+def cmd_status(args):
+    from .api import check_address
+
+    address = args.address or os.environ.get("ORION_ADDRESS") or f"tcp://127.0.0.1:{DEFAULT_PORT}"
+    try:
+        check_address(address)
+    except ValueError as exc:
+        print(f"orion status: {exc}", file=sys.stderr)
+        return 2
+    nodes = query_nodes(address, args.timeout)
+    if nodes is None:
+        print(f"orion status: no Orion head answered at {address} within {args.timeout:g} s "
+              "(is `orion head` running there?)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"address": address, "nodes": nodes}, indent=2))
+    else:
+        print(f"head: {address}")
+        print(format_status(nodes))
+    return 0
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+
+    return run_demo(transport=args.transport, num_workers=args.num_workers, size=args.size)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="orion", description="Orion: a fast distributed task runtime.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def heartbeat_flags(p):
+        p.add_argument("--heartbeat-interval", type=float, default=None,
+                       help="seconds between heartbeats (default 1.0, or ORION_HEARTBEAT_INTERVAL)")
+        p.add_argument("--heartbeat-liveness", type=int, default=None,
+                       help="missed heartbeats before a peer is declared dead (default 5)")
+
+    head = sub.add_parser("head", help="run a head in the foreground")
+    head.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    head.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default {DEFAULT_PORT})")
+    head.add_argument("--policy", default="least_loaded", choices=["least_loaded", "round_robin"])
+    heartbeat_flags(head)
+    head.set_defaults(run=cmd_head)
+
+    worker = sub.add_parser("worker", help="run a worker node in the foreground")
+    worker.add_argument("--address", required=True, help="the head's tcp://HOST:PORT")
+    worker.add_argument("--num-workers", type=int, default=os.cpu_count() or 1)
+    worker.add_argument("--resources", default=None, help='custom resources as JSON, e.g. \'{"GPU": 1}\'')
+    worker.add_argument("--node-id", default=None)
+    heartbeat_flags(worker)
+    worker.set_defaults(run=cmd_worker)
+
+    status = sub.add_parser("status", help="print the cluster's nodes")
+    status.add_argument("--address", default=None, help="the head's tcp://HOST:PORT (default ORION_ADDRESS "
+                                                        f"or tcp://127.0.0.1:{DEFAULT_PORT})")
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    status.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the head")
+    status.set_defaults(run=cmd_status)
+
+    demo = sub.add_parser("demo", help="run a demo map-reduce DAG on an embedded cluster")
+    demo.add_argument("--transport", default="zmq", choices=["zmq", "inproc"])
+    demo.add_argument("--num-workers", type=int, default=None)
+    demo.add_argument("--size", type=int, default=256, help="number of data chunks")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
