@@ -1,0 +1,82 @@
+"""Run every workload for every installed system; print medians, ranges and ratios.
+
+    python benchmarks/run.py [--runs 5] [--workers 2] [--systems orion-inproc,orion-zmq,ray,dask]
+
+Each repetition is a fresh process (``workloads.py``). Ray and Dask are
+measured when they import (``pip install -e '.[compare]'``); ratios are
+against Ray when it ran, else against the embedded Orion cluster.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROWS = [
+    ("cold_start_s", "cold start to first result (s)", False),
+    ("noop_tasks_per_s", "10,000 no-op tasks (tasks/s)", True),
+    ("round_trip_median_us", "submit-and-get round trip, median (us)", False),
+    ("round_trip_p99_us", "submit-and-get round trip, p99 (us)", False),
+    ("chain_tasks_per_s", "1,000-task chain (tasks/s)", True),
+    ("tree_tasks_per_s", "4,096-leaf tree reduction (tasks/s)", True),
+]
+
+
+def available(system):
+    module = {"ray": "ray", "dask": "distributed"}.get(system)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def run_once(system, workers):
+    out = subprocess.run([sys.executable, os.path.join(HERE, "workloads.py"), system, "--workers", str(workers)],
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"{system} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fmt(value):
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--systems", default="orion-inproc,orion-zmq,ray,dask")
+    args = parser.parse_args(argv)
+    systems = [s for s in args.systems.split(",") if available(s)]
+    results = {}
+    for system in systems:
+        runs = []
+        for i in range(args.runs):
+            print(f"  {system} run {i + 1}/{args.runs}", file=sys.stderr, flush=True)
+            runs.append(run_once(system, args.workers))
+        results[system] = runs
+    baseline = "ray" if "ray" in results else "orion-zmq"
+    print(f"\nmedians of {args.runs} runs (min-max), {args.workers} workers, {os.cpu_count()} cores; "
+          f"ratio = better-is-higher factor vs {baseline}\n")
+    header = f"{'workload':42}" + "".join(f"{s:>28}" for s in systems)
+    print(header)
+    for key, label, higher_is_better in ROWS:
+        line = f"{label:42}"
+        base = statistics.median(r[key] for r in results[baseline]) if baseline in results else None
+        for system in systems:
+            values = [r[key] for r in results[system]]
+            median = statistics.median(values)
+            ratio = ""
+            if base:
+                factor = median / base if higher_is_better else base / median
+                ratio = f" x{factor:.1f}"
+            line += f"{fmt(median) + ' (' + fmt(min(values)) + '-' + fmt(max(values)) + ')' + ratio:>28}"
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
