@@ -32,6 +32,8 @@ def new_task_id():
 
 
 def return_ids(task_id, num_returns):
+    if num_returns == 1:
+        return (task_id + "0001",)
     return tuple(f"{task_id}{i:04x}" for i in range(1, num_returns + 1))
 
 

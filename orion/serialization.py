@@ -11,12 +11,21 @@ import pickle
 
 import cloudpickle
 
+from .object_ref import ObjectRef
+
+# Values of these types pickle by value with the C pickler, which is several
+# times faster than cloudpickle's Python-level Pickler set-up.
+_PLAIN = frozenset((int, float, str, bytes, bool, type(None), ObjectRef))
+_EMPTY_ARGS = pickle.dumps(((), {}), protocol=5)
+
 
 class SerializationError(TypeError):
     """A value could not be pickled; the message says which one."""
 
 
 def dumps(value, what="value"):
+    if type(value) in _PLAIN:
+        return pickle.dumps(value, protocol=5), []
     buffers = []
     try:
         header = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
@@ -31,6 +40,11 @@ def loads(header, buffers=()):
 
 def dumps_args(args, kwargs, task_name):
     """Pickle a task's arguments, naming the argument that cannot be pickled."""
+    if not args and not kwargs:
+        return _EMPTY_ARGS, []
+    plain = _PLAIN
+    if all(type(a) in plain for a in args) and (not kwargs or all(type(v) in plain for v in kwargs.values())):
+        return pickle.dumps((args, kwargs), protocol=5), []
     try:
         return dumps((args, kwargs))
     except SerializationError:

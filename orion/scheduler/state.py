@@ -123,6 +123,7 @@ class Scheduler:
         # Ready tasks, one FIFO queue per resource shape (like Ray's scheduling
         # classes): a task that does not fit cannot block others of another shape.
         self._ready = {}
+        self._feasibility = {}  # demand shape -> fits some live node (cleared on node changes)
         self._out = []
         self._handlers = {
             ev.TaskSubmitted: self._on_submitted,
@@ -147,7 +148,8 @@ class Scheduler:
         return out
 
     def handle_all(self, events):
-        """Apply several events, scheduling once at the end (batches)."""
+        """Apply several events in order; return all the commands they caused
+        (each event schedules as ``handle`` would)."""
         for event in events:
             self._handlers[type(event)](event)
         out, self._out = self._out, []
@@ -198,8 +200,15 @@ class Scheduler:
         self._tasks[spec.task_id] = task
         objects = self._objects
         for return_id in spec.return_ids:
-            if return_id not in objects:
+            obj = objects.get(return_id)
+            if obj is None:
                 objects[return_id] = _Object()
+            elif obj.status != PENDING:
+                # A task that already ended is submitted again (recomputed): its
+                # results are pending until it ends anew, so they cannot be freed
+                # under it and new consumers wait for the new values.
+                obj.status = PENDING
+                obj.failure = None
         failure = None
         for dep in spec.dependencies:
             obj = objects.get(dep)
@@ -245,7 +254,10 @@ class Scheduler:
             self._out.append(cmd.Publish(task.spec.task_id, task.spec.return_ids))
             objects = self._objects
             for return_id in task.spec.return_ids:
-                self._object_ready(objects[return_id])
+                obj = objects.get(return_id)
+                if obj is None:  # put and freed under the task: track it again
+                    obj = objects[return_id] = _Object()
+                self._object_ready(obj)
             for return_id in task.spec.return_ids:
                 # Released while the task ran, and no dependent took it: free it now
                 # (as _fail does for a failed task's results).
@@ -276,6 +288,7 @@ class Scheduler:
             # Re-registration of a node we think is alive: forget the old
             # incarnation first so its tasks are retried.
             self._lose_node(node, "node re-registered")
+        self._feasibility.clear()
         self._nodes[event.node_id] = _Node(event.node_id, event.resources, event.base_workers, event.address)
         self._schedule()
 
@@ -346,10 +359,15 @@ class Scheduler:
 
     # -------------------------------------------------------------- helpers
     def _feasible(self, demand):
-        alive = [n for n in self._nodes.values() if n.alive]
-        if not alive:
-            return True  # no node yet: wait for one to join
-        return any(fits(n.total, demand) for n in alive)
+        # Cached per demand until a node joins or leaves: submit stays O(1).
+        key = tuple(sorted(demand.items()))
+        verdict = self._feasibility.get(key)
+        if verdict is None:
+            alive = [n for n in self._nodes.values() if n.alive]
+            # With no node yet, wait for one to join.
+            verdict = not alive or any(fits(n.total, demand) for n in alive)
+            self._feasibility[key] = verdict
+        return verdict
 
     def _running_task(self, task_id, worker_id):
         task = self._tasks.get(task_id)
@@ -462,6 +480,7 @@ class Scheduler:
 
     def _lose_node(self, node, reason):
         node.alive = False
+        self._feasibility.clear()
         for worker_id in list(node.workers):
             self._lose_worker(self._workers[worker_id], node,
                               f"node {node.node_id} lost ({reason}) while worker {worker_id} ran it")
@@ -499,7 +518,9 @@ class Scheduler:
             self._out.append(cmd.FailTask(task.spec.task_id, task.spec.return_ids, failure))
             self._drop_inputs(task)
             for return_id in task.spec.return_ids:
-                obj = self._objects[return_id]
+                obj = self._objects.get(return_id)
+                if obj is None:  # put and freed under the task: track it again
+                    obj = self._objects[return_id] = _Object()
                 obj.status = FAILED
                 obj.failure = failure
                 dependents, obj.dependents = obj.dependents, []
