@@ -1,14 +1,74 @@
 """The embedded cluster of ``orion.init()``: a head and one node in this process's
-threads, worker processes beside it, and a client connected over loopback."""
+threads, worker processes beside it, and a driver that calls the head directly.
+
+The driver lives in the head's process, so it takes the short path: it calls
+the ``Head`` under the server's lock instead of sending messages over loopback
+(no msgpack, no socket hop), and the head puts the driver's values straight
+into the driver's store. Worker processes still talk to the head over ZeroMQ.
+"""
 from __future__ import annotations
 
 import os
 import sys
+import uuid
 
+from .. import ids
 from ..errors import OrionError
-from .zmq_client import ZmqClient
+from ..object_store import ObjectStore
+from .wire_client import SerializingClient
 from .zmq_head import HeadServer
 from .zmq_node import NodeAgent
+
+
+class EmbeddedClient(SerializingClient):
+    def __init__(self, server, node):
+        super().__init__(ObjectStore())
+        ids.reseed()  # ids of an earlier client in this process must not look like ours
+        self._prefix = ids.prefix()
+        self.server = server
+        self.node = node
+        self.head = server.head
+        self.address = server.address
+        self.peer_id = "c:" + uuid.uuid4().hex[:16]
+        with server.lock:
+            server.transport.local_stores[self.peer_id] = self.store
+
+    def _send_submit(self, specs, remote_function):
+        functions = self._new_functions(remote_function)
+        with self.server.lock:
+            for function_id, blob in functions:
+                self.head.register_function(function_id, blob)
+            self.head.submit(specs)
+        self.server.wake()  # the server thread sends the dispatches
+
+    def _send_put(self, object_id, value):
+        self.store.put(object_id, value)
+        with self.server.lock:
+            self.head.put(self.peer_id, object_id, value)
+        self.server.wake()
+
+    def _request(self, object_ids):
+        wanted = [i for i in object_ids if not i.startswith(self._prefix)]  # ours come unasked
+        if wanted:
+            with self.server.lock:
+                self.head.subscribe(self.peer_id, wanted)
+
+    def _send_cancel(self, task_id, force):
+        with self.server.lock:
+            self.head.cancel(task_id, force)
+        self.server.wake()
+
+    def nodes(self):
+        self._check_open()
+        with self.server.lock:
+            return self.server.node_listing()
+
+    def shutdown(self):
+        if self.closed:
+            return
+        super().shutdown()
+        self.node.stop()
+        self.server.stop()
 
 
 def start_embedded(num_workers, resources=None, *, policy="least_loaded", heartbeat_interval=None,
@@ -26,9 +86,4 @@ def start_embedded(num_workers, resources=None, *, policy="least_loaded", heartb
         node.stop()
         server.stop()
         raise OrionError("the embedded node did not register with its head within 10 s")
-    try:
-        return ZmqClient(server.address, owned=[node, server])
-    except Exception:
-        node.stop()
-        server.stop()
-        raise
+    return EmbeddedClient(server, node)

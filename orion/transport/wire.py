@@ -37,13 +37,18 @@ def decode_failure(raw):
 
 
 # ------------------------------------------------------------ task records
+def _wire_retry(retry_exceptions):
+    """``retry_exceptions`` as it travels: a bool, or the tuple of classes pickled."""
+    if isinstance(retry_exceptions, (bool, bytes)):
+        return retry_exceptions
+    return cloudpickle.dumps(retry_exceptions)
+
+
 def encode_submit_record(spec, args_header, nbuf):
     record = spec.payload
-    retry_exceptions = record.retry_exceptions
-    if not isinstance(retry_exceptions, bool):  # a tuple of classes travels pickled
-        retry_exceptions = cloudpickle.dumps(retry_exceptions)
     return [spec.task_id, list(spec.return_ids), list(spec.dependencies), spec.demand, spec.max_retries,
-            spec.name, record.function_id, record.num_returns, retry_exceptions, args_header, nbuf]
+            spec.name, record.function_id, record.num_returns, _wire_retry(record.retry_exceptions), args_header,
+            nbuf]
 
 
 def decode_submit_record(raw, cursor, owner):
@@ -80,7 +85,7 @@ def encode_dispatch(spec, inputs, function_blob, frames):
         wire_inputs.append([object_id, header, len(buffers)])
         frames.extend(buffers)
     return [spec.task_id, spec.name, record.function_id, function_blob, record.num_returns,
-            record.retry_exceptions, args_header, len(args_buffers), wire_inputs]
+            _wire_retry(record.retry_exceptions), args_header, len(args_buffers), wire_inputs]
 
 
 def decode_dispatch(raw, buffers):
@@ -89,7 +94,8 @@ def decode_dispatch(raw, buffers):
     check(isinstance(task_id, str) and isinstance(name, str) and isinstance(function_id, str),
           "dispatch ids must be strings")
     check(blob is None or isinstance(blob, bytes), "function must be bytes or nil")
-    check(isinstance(num_returns, int) and num_returns >= 1, "num_returns must be >= 1")
+    check(isinstance(num_returns, int) and not isinstance(num_returns, bool) and num_returns >= 1,
+          "num_returns must be an int >= 1")
     check(isinstance(retry_exc, (bool, bytes)), "retry_exceptions must be a bool or bytes")
     check(isinstance(args_header, bytes), "arguments must be bytes")
     check(isinstance(inputs, list), "inputs must be a list")
@@ -115,6 +121,7 @@ def encode_entry(object_id, entry, frames):
 
 def decode_entries(items, buffers):
     """``[(object_id, entry)]`` from an ``objects`` body."""
+    check(isinstance(items, list), "object entries must be a list")
     cursor = BufferCursor(buffers)
     result = []
     for item in items:
@@ -130,6 +137,7 @@ def decode_entries(items, buffers):
 
 
 def decode_results(results, buffers):
+    check(isinstance(results, list), "results must be a list")
     cursor = BufferCursor(buffers)
     values = []
     for item in results:

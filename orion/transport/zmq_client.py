@@ -20,26 +20,25 @@ import uuid
 
 import zmq
 
-from .. import ids, serialization
-from ..client import Client
+from .. import ids
 from ..errors import OrionError
 from . import protocol, wire
 from .protocol import ProtocolError
+from .wire_client import SerializingClient
 
 log = logging.getLogger("orion.client")
 
 CONNECT_TIMEOUT = 10.0
 
 
-class ZmqClient(Client):
-    def __init__(self, address, owned=(), connect_timeout=CONNECT_TIMEOUT):
+class ZmqClient(SerializingClient):
+    def __init__(self, address, connect_timeout=CONNECT_TIMEOUT):
         from ..object_store import ObjectStore
 
         super().__init__(ObjectStore())
         ids.reseed()  # ids of an earlier client in this process must not look like ours
         self.address = address
         self.peer_id = "c:" + uuid.uuid4().hex[:16]
-        self._owned = list(owned)  # embedded head and node, stopped at shutdown
         self._prefix = ids.prefix()
         self.context = zmq.Context()
         self._outbox = collections.deque()
@@ -48,8 +47,6 @@ class ZmqClient(Client):
         self._welcome = threading.Event()
         self._replies = {}
         self._request_ids = itertools.count(1)
-        self._sent_functions = set()
-        self._functions_lock = threading.Lock()
         self._stopping = False
         self._io = threading.Thread(target=self._io_loop, name="orion-client-io", daemon=True)
         self._io.start()
@@ -60,26 +57,8 @@ class ZmqClient(Client):
 
     # ------------------------------------------------------------ hooks
     def _send_submit(self, specs, remote_function):
-        functions = []
-        function_id = remote_function._function_id
-        if function_id not in self._sent_functions:
-            with self._functions_lock:
-                if function_id not in self._sent_functions:
-                    blob = serialization.dumps(remote_function._function, f"function {remote_function._default_name}")[0]
-                    functions.append([function_id, blob])
-                    self._sent_functions.add(function_id)
-        records, frames = [], []
-        for spec in specs:
-            header, buffers = spec.payload.args
-            records.append(wire.encode_submit_record(spec, header, len(buffers)))
-            frames.extend(buffers)
-        self._post(("submit", [functions, records], frames))
-
-    def _encode_args(self, args, kwargs, task_name):
-        return serialization.dumps_args(args, kwargs, task_name)
-
-    def _encode_value(self, value):
-        return serialization.dumps(value, "the value given to put")
+        body, frames = self._submit_message(specs, remote_function)
+        self._post(("submit", body, frames))
 
     def _send_put(self, object_id, value):
         header, buffers = value
@@ -94,13 +73,6 @@ class ZmqClient(Client):
 
     def _send_cancel(self, task_id, force):
         self._post(("cancel", [task_id, force], ()))
-
-    def _decode_value(self, entry):
-        header, buffers = entry
-        return serialization.loads(header, buffers)
-
-    def _decode_failure_payload(self, payload):
-        return serialization.loads(payload)
 
     def nodes(self):
         self._check_open()
@@ -123,8 +95,6 @@ class ZmqClient(Client):
         self._stopping = True
         self._wake()
         self._io.join(timeout=5)
-        for component in self._owned:
-            component.stop()
         self.context.term()
 
     # ------------------------------------------------------------ I/O thread

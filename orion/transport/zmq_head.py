@@ -67,6 +67,7 @@ class ZmqHeadTransport(HeadTransport):
         self.server = server
         self.batches = {}  # identity -> {"dispatch": [records], "objects": [items], "frames": {...}}
         self.singles = []  # (identity, frames) sent as they are
+        self.local_stores = {}  # peer id -> ObjectStore of an in-process driver
 
     def _batch(self, identity, kind):
         peer = self.batches.get(identity)
@@ -88,6 +89,10 @@ class ZmqHeadTransport(HeadTransport):
         records.append(wire.encode_dispatch(spec, inputs, blob, frames))
 
     def deliver(self, peer_id, object_id, entry):
+        local_store = self.local_stores.get(peer_id)
+        if local_store is not None:  # a driver in this process: no message needed
+            local_store.put(object_id, entry)
+            return
         items, frames = self._batch(peer_id.encode("latin-1"), "objects")
         items.append(wire.encode_entry(object_id, entry, frames))
 
@@ -147,6 +152,10 @@ class HeadServer:
         self.clients = set()
         self.node_registered = threading.Condition()
         self._wake_read, self._wake_write = os.pipe()
+        self._wake_pending = False
+        # Guards the Head: the server thread holds it while it handles a batch;
+        # an in-process driver (EmbeddedClient) holds it to call the head directly.
+        self.lock = threading.Lock()
         self._stopping = False
         self._thread = None
         self._bad_messages = 0
@@ -163,6 +172,16 @@ class HeadServer:
         self._thread = threading.Thread(target=self.serve, name="orion-head", daemon=True)
         self._thread.start()
         return self
+
+    def wake(self):
+        """Have the server thread send what in-process callers buffered (see
+        ``EmbeddedClient``); cheap when a wake-up is already pending."""
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                os.write(self._wake_write, b"x")
+            except OSError:
+                pass
 
     def stop(self):
         self._stopping = True
@@ -195,13 +214,17 @@ class HeadServer:
                 ready = dict(poller.poll(timeout_ms))
                 if self._stopping:
                     break
-                if self.router in ready:
-                    self._drain()
-                now = time.monotonic()
-                if now >= next_tick:
-                    self._tick(now)
-                    next_tick = now + self.interval
-                self._send_pending()
+                if self._wake_read in ready:
+                    os.read(self._wake_read, 65536)
+                    self._wake_pending = False
+                with self.lock:
+                    if self.router in ready:
+                        self._drain()
+                    now = time.monotonic()
+                    if now >= next_tick:
+                        self._tick(now)
+                        next_tick = now + self.interval
+                    self._send_pending()
         finally:
             self._close()
 
@@ -415,13 +438,17 @@ class HeadServer:
         self.head.release(body[0])
 
     def _on_nodes(self, identity, body, buffers):
+        self._send(identity, protocol.encode("nodes_reply", [body[0], self.node_listing()]))
+
+    def node_listing(self):
+        """The scheduler's view of each node plus the age of its last heartbeat."""
         now = time.monotonic()
         listing = []
         for info in self.head.scheduler.nodes():
             entry = self.nodes.get(info["node_id"])
             info["heartbeat_age"] = round(now - entry.last_seen, 3) if entry else None
             listing.append(info)
-        self._send(identity, protocol.encode("nodes_reply", [body[0], listing]))
+        return listing
 
     def _on_blocked(self, identity, body, buffers):
         self.head.worker_blocked(self._peer_worker(identity))

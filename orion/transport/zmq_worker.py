@@ -26,11 +26,11 @@ import cloudpickle
 import zmq
 
 from .. import api, context, execution, serialization
-from ..client import Client
 from ..object_store import ObjectStore
 from ..scheduler.events import Failure
 from . import protocol, wire
 from .protocol import ProtocolError
+from .wire_client import SerializingClient
 
 log = logging.getLogger("orion.worker")
 
@@ -45,7 +45,7 @@ def _watch_parent():
     os._exit(0)
 
 
-class WorkerClient(Client):
+class WorkerClient(SerializingClient):
     """The client API inside a worker process, over the worker's own socket."""
 
     def __init__(self, worker):
@@ -53,29 +53,14 @@ class WorkerClient(Client):
         self.worker = worker
         self.peer_id = "w:" + worker.worker_id
         self.address = worker.address
-        self._sent_functions = set()
 
     def _send_submit(self, specs, remote_function):
-        functions = []
-        if remote_function._function_id not in self._sent_functions:
-            self._sent_functions.add(remote_function._function_id)
-            functions.append([remote_function._function_id,
-                              serialization.dumps(remote_function._function, "the function")[0]])
-        frames, records = [], []
-        for spec in specs:
-            header, buffers = spec.payload.args
-            records.append(wire.encode_submit_record(spec, header, len(buffers)))
-            frames.extend(buffers)
-        self.worker.send("submit", [functions, records], frames)
-
-    def _encode_args(self, args, kwargs, task_name):
-        return serialization.dumps_args(args, kwargs, task_name)
-
-    def _encode_value(self, value):
-        return serialization.dumps(value, "the value given to put")
+        body, frames = self._submit_message(specs, remote_function)
+        self.worker.send("submit", body, frames)
 
     def _send_put(self, object_id, value):
         header, buffers = value
+        self.store.put(object_id, value)
         self.worker.send("put", [object_id, header, len(buffers)], buffers)
 
     def _request(self, object_ids):
@@ -86,13 +71,6 @@ class WorkerClient(Client):
 
     def _send_cancel(self, task_id, force):
         self.worker.send("cancel", [task_id, force])
-
-    def _decode_value(self, entry):
-        header, buffers = entry
-        return serialization.loads(header, buffers)
-
-    def _decode_failure_payload(self, payload):
-        return serialization.loads(payload)
 
     def nodes(self):
         self.worker.send("nodes", [0])
