@@ -54,7 +54,7 @@ SCHEMAS = {
     "nodes_reply": ((_I,), (_L,)),
     "start_worker": (),
     "stop_worker": ((_S,),),
-    "signal_worker": ((_S,), (_BOOL,)),  # worker id, force (kill) or interrupt
+    "signal_worker": ((_S,), (_S,), (_BOOL,)),  # worker id, task id, force (kill) or interrupt
     "error": ((_S,),),
 }
 
@@ -78,7 +78,7 @@ def decode(frames):
     if not isinstance(message, list) or len(message) != 3:
         raise ProtocolError("envelope must be a msgpack array [version, type, body]")
     version, msg_type, body = message
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
         raise ProtocolError(f"protocol version {version!r} is not supported (this side speaks "
                             f"{PROTOCOL_VERSION})")
     if not isinstance(msg_type, str):

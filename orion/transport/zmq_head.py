@@ -99,7 +99,7 @@ class ZmqHeadTransport(HeadTransport):
     def interrupt(self, worker_id, task_id, force):
         node = self.server.node_of_worker(worker_id)
         if node is not None:
-            self.singles.append((node.identity, protocol.encode("signal_worker", [worker_id, force])))
+            self.singles.append((node.identity, protocol.encode("signal_worker", [worker_id, task_id, force])))
 
     def start_worker(self, node_id):
         node = self.server.nodes.get(node_id)

@@ -190,9 +190,19 @@ class NodeAgent:
                 worker.retiring = True
                 worker.process.terminate()
         elif msg_type == "signal_worker":
-            worker = self.workers.get(body[0])
+            worker_id, task_id, force = body
+            worker = self.workers.get(worker_id)
             if worker is not None and worker.process.poll() is None:
-                worker.process.send_signal(signal.SIGKILL if body[1] else signal.SIGINT)
+                if force:
+                    worker.process.kill()
+                else:
+                    # The worker interrupts the task only if it is still this one
+                    # (or skips it if it has not started yet): see zmq_worker.
+                    try:
+                        worker.process.stdin.write(f"interrupt {task_id}\n".encode())
+                        worker.process.stdin.flush()
+                    except OSError:
+                        pass  # it is exiting; its death gets reported
         elif msg_type == "error":
             log.warning("the head says: %s", body[0])
         else:

@@ -35,16 +35,6 @@ from .wire_client import SerializingClient
 log = logging.getLogger("orion.worker")
 
 
-def _watch_parent():
-    """Exit when the node that started us is gone (its end of our stdin closes)."""
-    try:
-        while sys.stdin.buffer.read(65536):
-            pass
-    except (OSError, ValueError):
-        pass
-    os._exit(0)
-
-
 class WorkerClient(SerializingClient):
     """The client API inside a worker process, over the worker's own socket."""
 
@@ -95,6 +85,8 @@ class Worker:
         self._interrupted = False
         self._interrupt_raised = False
         self._replies = {}
+        self._cancel_lock = threading.Lock()  # orders task start/end against interrupts
+        self._early_cancels = set()  # tasks cancelled before this worker started them
 
     # ---------------------------------------------------------- socket
     def send(self, msg_type, body=(), buffers=()):
@@ -168,6 +160,28 @@ class Worker:
             self._in_runtime -= 1
             self._raise_pending_interrupt()
 
+    def watch_node(self):
+        """Read the node's requests on stdin (``interrupt <task id>``); exit
+        when the node is gone (its end of the pipe closes)."""
+        try:
+            for line in sys.stdin.buffer:
+                command, _, task_id = line.decode("ascii", "replace").strip().partition(" ")
+                if command == "interrupt":
+                    self.request_interrupt(task_id)
+        except (OSError, ValueError):
+            pass
+        os._exit(0)
+
+    def request_interrupt(self, task_id):
+        """Cancel ``task_id``: interrupt it if it runs, skip it if it has not started."""
+        with self._cancel_lock:
+            if self._task_id == task_id:
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            else:
+                if len(self._early_cancels) > 10_000:
+                    self._early_cancels.clear()  # stale ids of long-finished tasks
+                self._early_cancels.add(task_id)
+
     def _on_sigint(self, signum, frame):
         if self._task_id is None:
             return  # idle: a stray interrupt for a task that already ended
@@ -181,14 +195,24 @@ class Worker:
     def _run(self, dispatch):
         task_id, name, function_id, blob, num_returns, retry_exc, args, inputs = dispatch
         self._interrupted = self._interrupt_raised = False
-        self._task_id = task_id
-        try:
-            outcome = self._execute(name, function_id, blob, num_returns, retry_exc, args, inputs)
-        except KeyboardInterrupt:  # a cancel that landed just outside the function
-            outcome = execution.Outcome(failure=Failure("cancelled", f"task {name} was cancelled"),
-                                        cancelled=True)
-        finally:
-            self._task_id = None
+        cancelled = execution.Outcome(failure=Failure("cancelled", f"task {name} was cancelled"),
+                                      cancelled=True)
+        with self._cancel_lock:
+            skip = task_id in self._early_cancels
+            self._early_cancels.discard(task_id)
+            if not skip:
+                self._task_id = task_id
+        if skip:
+            outcome = cancelled
+        else:
+            try:
+                outcome = self._execute(name, function_id, blob, num_returns, retry_exc, args, inputs)
+                with self._cancel_lock:
+                    self._task_id = None
+            except KeyboardInterrupt:  # a cancel that landed just outside the function
+                with self._cancel_lock:
+                    self._task_id = None
+                outcome = cancelled
         self.client.store = ObjectStore()  # values fetched by this task are not kept
         if outcome.failure is None:
             frames, results = [], []
@@ -249,8 +273,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     address, worker_id, node_id = argv[:3]
     logging.basicConfig(level=logging.WARNING, format=f"[worker {worker_id}] %(levelname)s %(message)s")
-    threading.Thread(target=_watch_parent, name="orion-parent-watch", daemon=True).start()
     worker = Worker(address, worker_id, node_id)
+    threading.Thread(target=worker.watch_node, name="orion-node-watch", daemon=True).start()
     signal.signal(signal.SIGINT, worker._on_sigint)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     worker.serve()
