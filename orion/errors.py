@@ -27,7 +27,8 @@ class TaskError(OrionError):
         return self.args[0] if self.args else ""
 
     def __reduce__(self):
-        return _rebuild_task_error, (self.cause, self.traceback_text, self.args[0] if self.args else "")
+        cause = portable(self.cause) if self.cause is not None else None
+        return _rebuild_task_error, (cause, self.traceback_text, self.args[0] if self.args else "")
 
     @staticmethod
     def from_cause(cause, traceback_text, task_name=""):
@@ -38,14 +39,17 @@ class TaskError(OrionError):
         cls = _dual_class(type(cause))
         if cls is TaskError:
             return TaskError(message, cause, traceback_text)
-        err = cls.__new__(cls)
-        # Fill in both bases without running the cause class's __init__, whose
-        # signature we do not know.
-        err.args = (message,)
-        err.cause = cause
-        err.traceback_text = traceback_text
-        for name, value in getattr(cause, "__dict__", {}).items():
-            err.__dict__.setdefault(name, value)
+        try:
+            err = cls.__new__(cls)
+            # Fill in both bases without running the cause class's __init__, whose
+            # signature we do not know.
+            err.args = (message,)
+            err.cause = cause
+            err.traceback_text = traceback_text
+            for name, value in getattr(cause, "__dict__", {}).items():
+                err.__dict__.setdefault(name, value)
+        except Exception:  # e.g. a __new__ that demands arguments: a plain TaskError
+            return TaskError(message, cause, traceback_text)
         return err
 
 
@@ -63,18 +67,62 @@ def _dual_class(cause_class):
             cls = type(f"TaskError({cause_class.__name__})", (TaskError, cause_class),
                        {"__str__": TaskError.__str__, "__reduce__": TaskError.__reduce__,
                         "__module__": __name__})
-        except TypeError:  # final class, or a layout conflict (some C types)
+        except Exception:  # final class, a layout conflict (some C types), a refusing __init_subclass__
             cls = TaskError
         _DUAL_CLASSES[cause_class] = cls
     return cls
 
 
 def _rebuild_task_error(cause, traceback_text, message):
+    cause = unwrap(cause)
     if cause is None:
         return TaskError(message, None, traceback_text)
     err = TaskError.from_cause(cause, traceback_text)
     err.args = (message,)
     return err
+
+
+class PortableException:
+    """Carries an exception that pickle cannot rebuild from its ``args`` (say,
+    its ``__init__`` takes other parameters): it travels as its class, args and
+    ``__dict__``, and is rebuilt without calling ``__init__``."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc):
+        self.exc = exc
+
+    def __reduce__(self):
+        exc = self.exc
+        return _rebuild_exception, (type(exc), exc.args, dict(getattr(exc, "__dict__", None) or {}))
+
+
+def _rebuild_exception(cls, args, state):
+    try:
+        exc = cls.__new__(cls, *args)
+    except Exception:
+        exc = BaseException.__new__(cls)
+    exc.args = args
+    if state:
+        exc.__dict__.update(state)
+    return exc
+
+
+def portable(exc):
+    """``exc`` when pickling round-trips it, else a ``PortableException`` around it."""
+    import pickle
+
+    import cloudpickle
+
+    try:
+        pickle.loads(cloudpickle.dumps(exc))
+    except Exception:
+        return PortableException(exc)
+    return exc
+
+
+def unwrap(cause):
+    return cause.exc if type(cause) is PortableException else cause
 
 
 class GetTimeoutError(OrionError, TimeoutError):
@@ -122,6 +170,7 @@ def failure_to_error(failure, decode_payload=None):
         if payload is None:
             return TaskError(failure.message)
         cause, traceback_text, task_name = payload
+        cause = unwrap(cause)
         if cause is None:
             return TaskError(failure.message, None, traceback_text)
         return TaskError.from_cause(cause, traceback_text, task_name)

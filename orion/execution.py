@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import traceback
 
+from .errors import portable
 from .object_ref import ObjectRef
 from .options import retryable
 from .scheduler.events import Failure
@@ -53,4 +54,4 @@ def run(function, args, kwargs, num_returns, retry_exceptions, task_name):
 def task_failure(exc, task_name):
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc.__traceback__ = None  # frames hold locals we must not keep alive or pickle
-    return Failure("task_error", f"{type(exc).__name__}: {exc}", (exc, text, task_name))
+    return Failure("task_error", f"{type(exc).__name__}: {exc}", (portable(exc), text, task_name))

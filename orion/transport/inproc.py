@@ -56,12 +56,19 @@ class InprocWorker(threading.Thread):
         self._in_runtime = 0  # > 0 while in Orion's own code: no async exceptions there
         self._interrupted = False
         self._blocking_event = None
+        # Cancels of tasks dispatched to this worker that it has not started
+        # yet (still in the inbox): they must not run at all.
+        self._early_interrupts = set()
+        self._stopping = False  # shutdown: run nothing more
 
     # -- called from other threads -------------------------------------------
     def interrupt(self, task_id):
         """Raise KeyboardInterrupt in the task, or wake it if it waits in get."""
         with self._state:
-            if task_id is None or self._task_id != task_id:
+            if task_id is None:
+                return
+            if self._task_id != task_id:
+                self._early_interrupts.add(task_id)
                 return
             self._interrupted = True
             if self._blocking_event is not None:
@@ -69,6 +76,14 @@ class InprocWorker(threading.Thread):
             elif not self._in_runtime:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident),
                                                            ctypes.py_object(KeyboardInterrupt))
+
+    def stop(self):
+        """Shutdown: interrupt the running task (if any) and run no other."""
+        with self._state:
+            self._stopping = True
+            task_id = self._task_id
+        self.interrupt(task_id)
+        self.inbox.put(None)
 
     # -- used by the client while this thread runs a task ----------------------
     @contextlib.contextmanager
@@ -119,11 +134,17 @@ class InprocWorker(threading.Thread):
                 else:
                     runtime.head.task_failed(self.worker_id, spec.task_id, outcome.failure,
                                              outcome.retryable, outcome.cancelled)
+                with self._state:  # a cancel that came after the task returned
+                    self._early_interrupts.discard(spec.task_id)
 
     def _run_one(self, spec, inputs, function):
         record = spec.payload
         try:
             with self._state:
+                if spec.task_id in self._early_interrupts or self._stopping:  # cancelled before it started
+                    self._early_interrupts.discard(spec.task_id)
+                    return execution.Outcome(failure=Failure("cancelled", f"task {spec.name} was cancelled"),
+                                             cancelled=True)
                 self._task_id = spec.task_id
                 self._interrupted = False
             args, kwargs = execution.resolve_args(*record.args, inputs)
@@ -146,12 +167,16 @@ class InprocTransport(HeadTransport):
         self._numbers = itertools.count(1)
 
     def new_worker(self):
+        if self.runtime.closed:
+            return
         worker = InprocWorker(self.runtime, f"{NODE_ID}-w{next(self._numbers)}")
         self.workers[worker.worker_id] = worker
         worker.start()  # it announces itself with worker_joined under the head lock
 
     def dispatch(self, worker_id, spec, inputs, function):
-        self.workers[worker_id].inbox.put((spec, inputs, function))
+        worker = self.workers.get(worker_id)
+        if worker is not None:  # None: the runtime was shut down
+            worker.inbox.put((spec, inputs, function))
 
     def interrupt(self, worker_id, task_id, force):
         worker = self.workers.get(worker_id)
@@ -186,6 +211,7 @@ class InprocRuntime:
 
     def __init__(self, num_workers, resources=None, policy="least_loaded"):
         self.lock = threading.Lock()
+        self.closed = False
         self.transport = InprocTransport(self)
         self.head = Head(self.transport, policy)
         node_resources = {"CPU": float(num_workers)}
@@ -197,11 +223,11 @@ class InprocRuntime:
 
     def shutdown(self):
         with self.lock:
+            self.closed = True
             workers = list(self.transport.workers.values())
             self.transport.workers.clear()
         for worker in workers:
-            worker.interrupt(worker._task_id)
-            worker.inbox.put(None)
+            worker.stop()
         for worker in workers:
             if worker is not threading.current_thread():
                 worker.join(timeout=2.0)
