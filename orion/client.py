@@ -105,7 +105,8 @@ class Client:
         name = options.name or remote_function._default_name
         record = TaskRecord(remote_function._function_id, self._encode_args(args, kwargs, name),
                             options.num_returns, options.retry_exceptions, self.peer_id)
-        spec = TaskSpec(task_id, return_ids, tuple(deps), options.demand, options.max_retries, name, record)
+        spec = TaskSpec(task_id, return_ids, tuple(deps), options.demand, options.max_retries, name, record,
+                        context.current.worker is not None)
         with self._guard():
             self._send_submit([spec], remote_function)
         if options.num_returns == 1:

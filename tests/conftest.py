@@ -17,8 +17,8 @@ import pytest
 
 import orion
 
-# "zmq" gets added when the networked runtime (the embedded ZeroMQ cluster) lands.
-TRANSPORTS = ["inproc"]
+# Every API test runs on the in-process runtime and on an embedded ZeroMQ cluster.
+TRANSPORTS = ["inproc", "zmq"]
 
 # Transports whose workers are separate processes (they can be killed, and a
 # task may call os._exit without taking the test process down).

@@ -678,14 +678,26 @@ def test_idle_worker_blocked_is_ignored():
     assert node_info(s, "n1")["available"] == {"CPU": 1.0}
 
 
-def test_extra_worker_joining_with_nothing_to_do_is_stopped():
+def test_extra_worker_is_kept_while_a_worker_is_blocked_then_stopped():
     s = one_node()
     submit(s, spec("a"))
     submit(s, spec("b"))
     assert s.handle(WorkerBlocked("w1")) == [StartWorker("n1")]
     s.handle(CancelRequested("b"))
-    assert s.handle(WorkerJoined("w2", "n1")) == [StopWorker("w2")]
+    # Nothing to do, but w1 still waits in get: keep the extra worker for the
+    # next nested task instead of starting a new one.
+    assert s.handle(WorkerJoined("w2", "n1")) == []
+    assert node_info(s, "n1")["workers"] == 2
+    assert s.handle(WorkerUnblocked("w1")) == [StopWorker("w2")]
     assert node_info(s, "n1")["workers"] == 1
+
+
+def test_nested_tasks_go_to_the_front_of_the_queue():
+    s = one_node()
+    submit(s, spec("busy"))
+    submit(s, spec("first"))
+    submit(s, TaskSpec("nested", ("nested.r",), nested=True))
+    assert [c.spec.task_id for c in s.handle(TaskFinished("busy", "w1")) if isinstance(c, Dispatch)] == ["nested"]
 
 
 # ---------------------------------------------------------------- NodeLost

@@ -237,8 +237,10 @@ class Sim:
                                                      f"expected {len(mine)}")
             self.check(info["running"] == sum(w["task"] is not None for w in mine),
                        f"{node_id} running count")
-            # Workers beyond the node's base are stopped as soon as they sit idle.
-            self.check(len(mine) <= self.node_base[node_id] or all(w["task"] for w in mine),
+            # Workers beyond the node's base are stopped once they sit idle and
+            # no worker of the node is blocked in get any more.
+            self.check(len(mine) <= self.node_base[node_id] or all(w["task"] for w in mine)
+                       or any(w["blocked"] for w in mine),
                        f"{node_id} keeps an idle extra worker ({len(mine)} > {self.node_base[node_id]})")
         for node_id, info in reported.items():
             if node_id not in self.alive:

@@ -50,6 +50,10 @@ class TaskSpec:
     max_retries: int = 3
     name: str = ""
     payload: Any = None
+    # Submitted from inside a running task. Such tasks go to the front of the
+    # queue: a recursive graph then runs depth-first, so few workers sit
+    # blocked in get waiting for them (breadth-first would block thousands).
+    nested: bool = False
 
 
 @dataclass(slots=True)

@@ -70,7 +70,7 @@ class _Object:
 
 class _Node:
     __slots__ = ("node_id", "address", "total", "available", "base_workers", "workers", "idle",
-                 "starting", "alive", "running")
+                 "starting", "alive", "running", "blocked")
 
     def __init__(self, node_id, resources, base_workers, address):
         self.node_id = node_id
@@ -83,6 +83,7 @@ class _Node:
         self.starting = base_workers  # workers the node is starting on its own
         self.alive = True
         self.running = 0
+        self.blocked = 0  # workers whose task waits in get
 
     def free_share(self):
         total = self.total.get("CPU", 0.0)
@@ -266,7 +267,7 @@ class Scheduler:
                     self._maybe_release(return_id, obj)
             self._drop_inputs(task)
         self._schedule()
-        self._retire_idle_extras(event.worker_id)
+        self._retire_idle_extras(self._node_of(event.worker_id))
 
     def _on_errored(self, event):
         task = self._running_task(event.task_id, event.worker_id)
@@ -280,7 +281,7 @@ class Scheduler:
         else:
             self._fail(task, event.failure)
         self._schedule()
-        self._retire_idle_extras(event.worker_id)
+        self._retire_idle_extras(self._node_of(event.worker_id))
 
     def _on_node_joined(self, event):
         node = self._nodes.get(event.node_id)
@@ -310,7 +311,7 @@ class Scheduler:
         if node.starting:
             node.starting -= 1
         self._schedule()
-        self._retire_idle_extras(event.worker_id)
+        self._retire_idle_extras(self._node_of(event.worker_id))
 
     def _on_worker_lost(self, event):
         worker = self._workers.get(event.worker_id)
@@ -319,6 +320,7 @@ class Scheduler:
         node = self._nodes[worker.node_id]
         self._lose_worker(worker, node, f"worker {worker.worker_id} on node {node.node_id} died: {event.reason}")
         self._schedule()
+        self._retire_idle_extras(node)
 
     def _on_worker_blocked(self, event):
         worker = self._workers.get(event.worker_id)
@@ -326,6 +328,7 @@ class Scheduler:
             return
         worker.blocked = True
         node = self._nodes[worker.node_id]
+        node.blocked += 1
         node.release(self._tasks[worker.task_id].spec.demand)
         self._schedule()
 
@@ -334,9 +337,12 @@ class Scheduler:
         if worker is None or not worker.blocked:
             return
         worker.blocked = False
+        node = self._nodes[worker.node_id]
+        node.blocked -= 1
         # Take the resources back even past the node's total (a short
         # oversubscription, as in Ray): the task must finish to free anything.
-        self._nodes[worker.node_id].acquire(self._tasks[worker.task_id].spec.demand)
+        node.acquire(self._tasks[worker.task_id].spec.demand)
+        self._retire_idle_extras(node)
 
     def _on_cancel(self, event):
         task = self._tasks.get(event.task_id)
@@ -382,7 +388,10 @@ class Scheduler:
         queue = self._ready.get(shape)
         if queue is None:
             queue = self._ready[shape] = deque()
-        queue.append(task.spec.task_id)
+        if task.spec.nested:
+            queue.appendleft(task.spec.task_id)
+        else:
+            queue.append(task.spec.task_id)
 
     def _schedule(self):
         """Dispatch queued tasks while some node can take them."""
@@ -439,20 +448,26 @@ class Scheduler:
         worker = self._workers[worker_id]
         node = self._nodes[worker.node_id]
         task = self._tasks[worker.task_id]
-        if not worker.blocked:
+        if worker.blocked:
+            node.blocked -= 1
+        else:
             node.release(task.spec.demand)
         worker.task_id = None
         worker.blocked = False
         node.running -= 1
         node.idle.append(worker_id)
 
-    def _retire_idle_extras(self, worker_id):
-        """Stop extra workers (started for blocked ones) once they sit idle."""
+    def _node_of(self, worker_id):
         worker = self._workers.get(worker_id)
-        if worker is None:
+        return self._nodes[worker.node_id] if worker is not None else None
+
+    def _retire_idle_extras(self, node):
+        """Stop extra workers (started for blocked ones) once they sit idle and
+        no worker of the node is blocked any more: a recursive task graph keeps
+        its extra workers instead of starting new ones for every level."""
+        if node is None:
             return
-        node = self._nodes[worker.node_id]
-        while node.idle and len(node.workers) > node.base_workers:
+        while node.idle and len(node.workers) > node.base_workers and not node.blocked:
             retired = node.idle.pop(0)
             node.workers.discard(retired)
             del self._workers[retired]
@@ -466,7 +481,9 @@ class Scheduler:
         if worker.task_id is None:
             return
         task = self._tasks[worker.task_id]
-        if not worker.blocked:
+        if worker.blocked:
+            node.blocked -= 1
+        else:
             node.release(task.spec.demand)
         node.running -= 1
         if task.cancel_requested:

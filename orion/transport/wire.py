@@ -72,7 +72,7 @@ def decode_submit_record(raw, cursor, owner):
     buffers = cursor.take(nbuf)
     record = TaskRecord(function_id, (args_header, buffers), num_returns, retry_exc, owner)
     return TaskSpec(task_id, tuple(return_ids), tuple(deps), {k: float(v) for k, v in demand.items()},
-                    max_retries, name, record)
+                    max_retries, name, record, owner.startswith("w:"))
 
 
 def encode_dispatch(spec, inputs, function_blob, frames):
