@@ -170,6 +170,11 @@ class Scheduler:
         worker = self._workers.get(worker_id)
         return worker.task_id if worker else None
 
+    def return_count(self, task_id):
+        """How many values a live task returns (None once it is gone)."""
+        task = self._tasks.get(task_id)
+        return len(task.spec.return_ids) if task else None
+
     def nodes(self):
         """One plain dict per known node (dead ones too, with alive=False)."""
         return [

@@ -459,7 +459,11 @@ class HeadServer:
     def _on_done(self, identity, body, buffers):
         worker_id = self._peer_worker(identity)
         task_id, results = body
-        self.head.task_done(worker_id, task_id, wire.decode_results(results, buffers))
+        values = wire.decode_results(results, buffers)
+        expected = self.head.scheduler.return_count(task_id)
+        check(expected is None or expected == len(values),
+              f"task {task_id} returns {expected} values but the worker sent {len(values)}")
+        self.head.task_done(worker_id, task_id, values)
 
     def _on_failed(self, identity, body, buffers):
         worker_id = self._peer_worker(identity)
