@@ -21,6 +21,7 @@ import uuid
 import zmq
 
 from ..head import Head
+from ..scheduler.events import Failure
 from . import protocol, wire
 from .base import HeadTransport
 from .protocol import ProtocolError, check
@@ -461,8 +462,12 @@ class HeadServer:
         task_id, results = body
         values = wire.decode_results(results, buffers)
         expected = self.head.scheduler.return_count(task_id)
-        check(expected is None or expected == len(values),
-              f"task {task_id} returns {expected} values but the worker sent {len(values)}")
+        if expected is not None and expected != len(values):
+            # Fail the task rather than drop the message: its caller must not hang.
+            self._bad_message(identity, f"task {task_id} returns {expected} values, the worker sent {len(values)}")
+            self.head.task_failed(worker_id, task_id, Failure(
+                "task_error", f"worker {worker_id} sent {len(values)} results for a task with {expected}"))
+            return
         self.head.task_done(worker_id, task_id, values)
 
     def _on_failed(self, identity, body, buffers):
