@@ -20,28 +20,43 @@ def _log_to_stdout():
     root.setLevel(logging.INFO)
 
 
-def _stop_on_signals(stop):
-    def handler(signum, frame):
-        stop()
+class _StopOnSignals:
+    """SIGINT/SIGTERM call ``target.stop()``; installed before the target exists, so a
+    signal that comes early (say, right after the head printed its address) is kept
+    and honoured once ``attach`` hands over the target."""
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    def __init__(self):
+        self.requested = False
+        self.target = None
+        signal.signal(signal.SIGINT, self._handler)
+        signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum, frame):
+        self.requested = True
+        if self.target is not None:
+            self.target.stop()
+
+    def attach(self, target):
+        self.target = target
+        if self.requested:
+            target.stop()
 
 
 def cmd_head(args):
     from .transport.zmq_head import HeadServer
 
+    stopper = _StopOnSignals()
     try:
         server = HeadServer(args.host, args.port, heartbeat_interval=args.heartbeat_interval,
                             heartbeat_liveness=args.heartbeat_liveness, policy=args.policy)
     except Exception as exc:  # port in use, bad host...
         print(f"orion head: cannot bind tcp://{args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    stopper.attach(server)
     print(server.address, flush=True)
     _log_to_stdout()
     logging.getLogger("orion.head").info("head %s listening on %s (heartbeat %.2f s x %d)", server.head_id,
                                          server.address, server.interval, server.liveness)
-    _stop_on_signals(server.stop)
     server.serve()  # returns once a signal called stop
     logging.getLogger("orion.head").info("head stopped")
     return 0
@@ -64,12 +79,13 @@ def cmd_worker(args):
     except (ValueError, json.JSONDecodeError) as exc:
         print(f"orion worker: {exc}", file=sys.stderr)
         return 2
+    stopper = _StopOnSignals()
     _log_to_stdout()
     node = NodeAgent(args.address, args.num_workers, resources, args.node_id,
                      heartbeat_interval=args.heartbeat_interval, heartbeat_liveness=args.heartbeat_liveness)
+    stopper.attach(node)
     logging.getLogger("orion.node").info("node %s starting %d workers for head %s", node.node_id,
                                          args.num_workers, args.address)
-    _stop_on_signals(node.stop)
     node.serve()
     logging.getLogger("orion.node").info("node %s stopped", node.node_id)
     return 0
