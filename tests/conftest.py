@@ -8,11 +8,9 @@ processes (zmq).
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
-import cloudpickle
 import pytest
 
 import orion
@@ -133,15 +131,3 @@ def intervals_overlap(spans):
     return any(nxt[0] < prev[1] for prev, nxt in zip(spans, spans[1:]))
 
 
-# Test modules are not importable inside worker processes (tests/ is not a
-# package on their path): ship their functions and classes by value.
-@pytest.fixture(autouse=True, scope="session")
-def _pickle_test_modules_by_value():
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        if file and Path(file).resolve().parent == TESTS_DIR:
-            try:
-                cloudpickle.register_pickle_by_value(module)
-            except (ValueError, TypeError):  # not registrable: leave it by reference
-                pass
-    yield
