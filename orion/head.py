@@ -98,6 +98,9 @@ class Head:
     def task_failed(self, worker_id, task_id, failure, retryable=False, cancelled=False):
         self._feed([ev.TaskErrored(task_id, worker_id, failure, retryable, cancelled)])
 
+    def task_rejected(self, worker_id, task_id):
+        self._feed([ev.TaskRejected(task_id, worker_id)])
+
     def worker_blocked(self, worker_id):
         self._feed([ev.WorkerBlocked(worker_id)])
 
@@ -105,8 +108,8 @@ class Head:
         self._feed([ev.WorkerUnblocked(worker_id)])
 
     # ------------------------------------------------------------- node side
-    def node_joined(self, node_id, resources, base_workers, address=None):
-        self._feed([ev.NodeJoined(node_id, dict(resources), base_workers, address)])
+    def node_joined(self, node_id, resources, base_workers, address=None, pipeline=False):
+        self._feed([ev.NodeJoined(node_id, dict(resources), base_workers, address, pipeline)])
 
     def node_lost(self, node_id, reason):
         self._feed([ev.NodeLost(node_id, reason)])

@@ -38,6 +38,7 @@ VALID_BODIES = {
     "nodes": [7],
     "blocked": [],
     "unblocked": [],
+    "rejected": ["t1"],
     "done": ["t1", [[b"header", 0]]],
     "failed": ["t1", ["task_error", "boom", None], False, False],
     "register": ["n1", {"CPU": 2.0, "GPU": 1}, 2, "127.0.0.1", 4242],

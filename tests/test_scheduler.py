@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from orion.scheduler import (CANCELLED, FAILED, PENDING, READY, RUNNING, CancelRequested, Dispatch,
+from orion.scheduler import (ASSIGNED, CANCELLED, FAILED, PENDING, READY, RUNNING, CancelRequested, Dispatch,
                              FailTask, Failure, InterruptTask, NodeJoined, NodeLost, ObjectPut,
                              ObjectsReleased, Publish, ReleaseObject, Retry, Scheduler, StartWorker,
                              StopWorker, TaskErrored, TaskFinished, TaskSpec, TaskSubmitted,
@@ -62,7 +62,7 @@ def test_dispatch_when_resources_and_idle_worker():
     assert submit(s, a) == [Dispatch(a, "w1", "n1")]
     assert s.task_state("a") == RUNNING
     assert s.worker_task("w1") == "a"
-    assert s.counts() == {PENDING: 0, READY: 0, RUNNING: 1}
+    assert s.counts() == {PENDING: 0, READY: 0, RUNNING: 1, ASSIGNED: 0}
     assert s.handle(TaskFinished("a", "w1")) == [Publish("a", (ret("a"),))]
     assert s.task_state("a") is None
     assert s.worker_task("w1") is None
@@ -160,7 +160,7 @@ def test_task_with_two_inputs_ready_when_last_object_put():
     assert s.task_state("c") == PENDING
     assert s.handle(ObjectPut(ret("b"))) == []
     assert s.task_state("c") == READY
-    assert s.counts() == {PENDING: 0, READY: 3, RUNNING: 0}
+    assert s.counts() == {PENDING: 0, READY: 3, RUNNING: 0, ASSIGNED: 0}
 
 
 def test_same_input_twice_counts_twice():
@@ -458,7 +458,7 @@ def test_failure_propagates_down_a_chain_with_the_same_failure():
     assert out == [FailTask("a", (ret("a"),), failure), FailTask("b", (ret("b"),), failure),
                    FailTask("c", (ret("c"),), failure)]
     assert all(c.failure is failure for c in out)
-    assert s.counts() == {PENDING: 0, READY: 0, RUNNING: 0}
+    assert s.counts() == {PENDING: 0, READY: 0, RUNNING: 0, ASSIGNED: 0}
     assert [s.object_status(ret(t)) for t in "abc"] == [FAILED] * 3
 
 
@@ -532,7 +532,7 @@ def test_cancel_pending_task_cancels_it_and_its_dependents():
     assert out[1].failure is out[0].failure
     # a is unaffected and finishes; nothing runs after it.
     assert s.handle(TaskFinished("a", "w1")) == [Publish("a", (ret("a"),))]
-    assert s.counts() == {PENDING: 0, READY: 0, RUNNING: 0}
+    assert s.counts() == {PENDING: 0, READY: 0, RUNNING: 0, ASSIGNED: 0}
 
 
 def test_cancel_queued_task_is_skipped_by_the_queue():
@@ -566,7 +566,7 @@ def test_cancel_running_task_interrupts_and_ends_cancelled_without_retry(ending)
         out = s.handle(WorkerLost("w2", "killed"))
     assert [(x.task_id, type(x).__name__) for x in out] == [("a", "FailTask"), ("d", "FailTask")]
     assert out[0].failure.kind == "cancelled" and out[1].failure is out[0].failure
-    assert s.counts() == {PENDING: 0, READY: 0, RUNNING: 0}
+    assert s.counts() == {PENDING: 0, READY: 0, RUNNING: 0, ASSIGNED: 0}
     assert node_info(s, "n1")["available"] == {"CPU": 2.0}
 
 

@@ -514,7 +514,7 @@ class Sim:
 
     def final_checks(self):
         s = self.s
-        self.check(s.counts() == {"pending": 0, "ready": 0, "running": 0}, f"counts {s.counts()}")
+        self.check(s.counts() == {"pending": 0, "ready": 0, "running": 0, "assigned": 0}, f"counts {s.counts()}")
         for node_id in self.alive:
             info = [n for n in s.nodes() if n["node_id"] == node_id][0]
             for k, total in self.node_total[node_id].items():

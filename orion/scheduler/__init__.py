@@ -2,8 +2,8 @@
 from .commands import (Dispatch, FailTask, InterruptTask, Publish, ReleaseObject, Retry, StartWorker,
                        StopWorker)
 from .events import (CancelRequested, Failure, NodeJoined, NodeLost, ObjectPut, ObjectsReleased,
-                     TaskErrored, TaskFinished, TaskSpec, TaskSubmitted, WorkerBlocked, WorkerJoined,
+                     TaskErrored, TaskFinished, TaskRejected, TaskSpec, TaskSubmitted, WorkerBlocked, WorkerJoined,
                      WorkerLost, WorkerUnblocked)
-from .state import CANCELLED, FAILED, FINISHED, PENDING, READY, RUNNING, Scheduler, fits
+from .state import ASSIGNED, CANCELLED, FAILED, FINISHED, PENDING, READY, RUNNING, Scheduler, fits
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -92,10 +92,15 @@ class TaskErrored:
 
 @dataclass(slots=True)
 class NodeJoined:
+    """A node offers ``resources``. With ``pipeline`` its busy workers may be
+    sent their next task before the current one ends (one at most, of the same
+    demand), which hides the network round trip between two tasks."""
+
     node_id: str
     resources: dict
     base_workers: int = 0
     address: str | None = None
+    pipeline: bool = False
 
 
 @dataclass(slots=True)
@@ -128,6 +133,15 @@ class WorkerBlocked:
 
 @dataclass(slots=True)
 class WorkerUnblocked:
+    worker_id: str
+
+
+@dataclass(slots=True)
+class TaskRejected:
+    """A worker sends back a task it was given to run next, unstarted (its
+    current task blocked in ``get``): run it elsewhere."""
+
+    task_id: str
     worker_id: str
 
 

@@ -29,6 +29,7 @@ from .placement import make_policy
 PENDING = "pending"
 READY = "ready"
 RUNNING = "running"
+ASSIGNED = "assigned"  # sent to a busy worker to run after its current task (pipelining)
 FINISHED = "finished"
 FAILED = "failed"
 CANCELLED = "cancelled"
@@ -70,9 +71,9 @@ class _Object:
 
 class _Node:
     __slots__ = ("node_id", "address", "total", "available", "base_workers", "workers", "idle",
-                 "starting", "alive", "running", "blocked")
+                 "starting", "alive", "running", "blocked", "pipeline")
 
-    def __init__(self, node_id, resources, base_workers, address):
+    def __init__(self, node_id, resources, base_workers, address, pipeline=False):
         self.node_id = node_id
         self.address = address
         self.total = dict(resources)
@@ -84,6 +85,7 @@ class _Node:
         self.alive = True
         self.running = 0
         self.blocked = 0  # workers whose task waits in get
+        self.pipeline = pipeline
 
     def free_share(self):
         total = self.total.get("CPU", 0.0)
@@ -103,12 +105,13 @@ class _Node:
 
 
 class _Worker:
-    __slots__ = ("worker_id", "node_id", "task_id", "blocked")
+    __slots__ = ("worker_id", "node_id", "task_id", "next_id", "blocked")
 
     def __init__(self, worker_id, node_id):
         self.worker_id = worker_id
         self.node_id = node_id
         self.task_id = None
+        self.next_id = None  # an ASSIGNED task queued behind task_id (pipelining)
         self.blocked = False
 
 
@@ -138,6 +141,7 @@ class Scheduler:
             ev.WorkerBlocked: self._on_worker_blocked,
             ev.WorkerUnblocked: self._on_worker_unblocked,
             ev.CancelRequested: self._on_cancel,
+            ev.TaskRejected: self._on_rejected,
             ev.ObjectsReleased: self._on_released,
         }
 
@@ -192,7 +196,7 @@ class Scheduler:
 
     def counts(self):
         """Numbers of live tasks by state (for status and tests)."""
-        result = {PENDING: 0, READY: 0, RUNNING: 0}
+        result = {PENDING: 0, READY: 0, RUNNING: 0, ASSIGNED: 0}
         for task in self._tasks.values():
             result[task.state] += 1
         return result
@@ -295,7 +299,8 @@ class Scheduler:
             # incarnation first so its tasks are retried.
             self._lose_node(node, "node re-registered")
         self._feasibility.clear()
-        self._nodes[event.node_id] = _Node(event.node_id, event.resources, event.base_workers, event.address)
+        self._nodes[event.node_id] = _Node(event.node_id, event.resources, event.base_workers, event.address,
+                                           event.pipeline)
         self._schedule()
 
     def _on_node_lost(self, event):
@@ -357,8 +362,37 @@ class Scheduler:
             if not task.cancel_requested or event.force:
                 task.cancel_requested = True
                 self._out.append(cmd.InterruptTask(task.spec.task_id, task.worker_id, event.force))
+        elif task.state == ASSIGNED:
+            # Queued on a worker behind another task: the worker skips it (never
+            # kill the worker for it, that would kill the task it runs now).
+            if not task.cancel_requested:
+                task.cancel_requested = True
+                self._out.append(cmd.InterruptTask(task.spec.task_id, task.worker_id, False))
         else:
             self._fail(task, _cancelled(task))
+
+    def _on_rejected(self, event):
+        task = self._tasks.get(event.task_id)
+        worker = self._workers.get(event.worker_id)
+        if task is None or task.state != ASSIGNED or worker is None or worker.next_id != event.task_id:
+            return
+        worker.next_id = None
+        self._requeue_assigned(task)
+        self._schedule()
+
+    def _requeue_assigned(self, task):
+        """An ASSIGNED task goes back to the front of the queue (it never started:
+        no retry is used up), or ends cancelled if a cancel is pending."""
+        task.worker_id = None
+        if task.cancel_requested:
+            self._fail(task, _cancelled(task))
+            return
+        task.state = READY
+        shape = self._shape(task.spec.demand)
+        queue = self._ready.get(shape)
+        if queue is None:
+            queue = self._ready[shape] = deque()
+        queue.appendleft(task.spec.task_id)
 
     def _on_released(self, event):
         for object_id in event.object_ids:
@@ -386,10 +420,13 @@ class Scheduler:
             return None
         return task
 
+    @staticmethod
+    def _shape(demand):
+        return tuple(sorted(demand.items())) if len(demand) > 1 else tuple(demand.items())
+
     def _enqueue(self, task):
         task.state = READY
-        demand = task.spec.demand
-        shape = tuple(sorted(demand.items())) if len(demand) > 1 else tuple(demand.items())
+        shape = self._shape(task.spec.demand)
         queue = self._ready.get(shape)
         if queue is None:
             queue = self._ready[shape] = deque()
@@ -412,7 +449,12 @@ class Scheduler:
                     continue
                 node = self._pick_node(task.spec.demand)
                 if node is None:
-                    break
+                    worker = self._pick_pipelined(task.spec.demand, len(queue))
+                    if worker is None:
+                        break
+                    queue.popleft()
+                    self._assign(task, worker)
+                    continue
                 queue.popleft()
                 self._start(task, node)
             if not queue:
@@ -438,6 +480,30 @@ class Scheduler:
             self._out.append(cmd.StartWorker(short_of_workers.node_id))
         return None
 
+    def _pick_pipelined(self, demand, backlog):
+        """A busy worker of a pipelining node whose current task has this exact
+        demand and nothing queued behind it (its resources pass straight on).
+
+        Only for a backlog longer than the node has workers, and never while
+        the node is still starting workers: a task queued behind a long one
+        waits for it, which is worth it only when every worker has more work
+        coming anyway (throughput), not for a handful of tasks (latency)."""
+        for node in self._nodes.values():
+            if not node.pipeline or not node.alive or node.starting or backlog <= len(node.workers):
+                continue
+            for worker_id in node.workers:
+                worker = self._workers[worker_id]
+                if worker.task_id is not None and worker.next_id is None and not worker.blocked \
+                        and self._tasks[worker.task_id].spec.demand == demand:
+                    return worker
+        return None
+
+    def _assign(self, task, worker):
+        task.state = ASSIGNED
+        task.worker_id = worker.worker_id
+        worker.next_id = task.spec.task_id
+        self._out.append(cmd.Dispatch(task.spec, worker.worker_id, worker.node_id))
+
     def _start(self, task, node):
         worker_id = node.idle.pop()
         worker = self._workers[worker_id]
@@ -459,6 +525,15 @@ class Scheduler:
             node.release(task.spec.demand)
         worker.task_id = None
         worker.blocked = False
+        if worker.next_id is not None:
+            # The task queued behind it starts now on the worker: it takes over
+            # the resources (same demand) without a round trip.
+            following = self._tasks[worker.next_id]
+            worker.task_id, worker.next_id = worker.next_id, None
+            following.state = RUNNING
+            following.attempt += 1
+            node.acquire(following.spec.demand)
+            return
         node.running -= 1
         node.idle.append(worker_id)
 
@@ -483,6 +558,9 @@ class Scheduler:
         node.workers.discard(worker.worker_id)
         if worker.worker_id in node.idle:
             node.idle.remove(worker.worker_id)
+        if worker.next_id is not None:
+            self._requeue_assigned(self._tasks[worker.next_id])
+            worker.next_id = None
         if worker.task_id is None:
             return
         task = self._tasks[worker.task_id]

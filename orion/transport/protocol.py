@@ -39,6 +39,7 @@ SCHEMAS = {
     "nodes": ((_I,),),  # request id
     # worker -> head
     "blocked": (),
+    "rejected": ((_S,),),  # task id: a queued task sent back unstarted
     "unblocked": (),
     "done": ((_S,), (_L,)),  # task id, results [[header, nbuf]]
     "failed": ((_S,), (_L,), (_BOOL,), (_BOOL,)),  # task id, failure, retryable, cancelled

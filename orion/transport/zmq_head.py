@@ -165,7 +165,8 @@ class HeadServer:
             "register": self._on_register, "worker_died": self._on_worker_died, "submit": self._on_submit,
             "put": self._on_put, "subscribe": self._on_subscribe, "cancel": self._on_cancel,
             "release": self._on_release, "nodes": self._on_nodes, "blocked": self._on_blocked,
-            "unblocked": self._on_unblocked, "done": self._on_done, "failed": self._on_failed,
+            "unblocked": self._on_unblocked, "rejected": self._on_rejected, "done": self._on_done,
+            "failed": self._on_failed,
         }
 
     # ---------------------------------------------------------- lifecycle
@@ -369,7 +370,10 @@ class HeadServer:
         with self.node_registered:
             self.nodes[node_id] = node
             self.node_registered.notify_all()
-        self.head.node_joined(node_id, {k: float(v) for k, v in resources.items()}, num_workers, address)
+        # Pipelining: a worker gets its next task while it runs one, which hides
+        # the network round trip between two tasks.
+        self.head.node_joined(node_id, {k: float(v) for k, v in resources.items()}, num_workers, address,
+                              pipeline=True)
         log.info("node %s %s from %s: %d workers, resources %s", node_id, verb, address, num_workers, resources)
         self._send(identity, protocol.encode("registered", [self.interval, self.liveness]))
         for worker_id in self.pending_workers.pop(node_id, []):
@@ -453,6 +457,9 @@ class HeadServer:
 
     def _on_blocked(self, identity, body, buffers):
         self.head.worker_blocked(self._peer_worker(identity))
+
+    def _on_rejected(self, identity, body, buffers):
+        self.head.task_rejected(self._peer_worker(identity), body[0])
 
     def _on_unblocked(self, identity, body, buffers):
         self.head.worker_unblocked(self._peer_worker(identity))

@@ -14,6 +14,7 @@ closes: a dead node leaves no orphan workers.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -57,7 +58,7 @@ class WorkerClient(SerializingClient):
         self.worker.send("subscribe", [list(object_ids)])
 
     def _blocked(self, worker_id, blocked):
-        self.worker.send("blocked" if blocked else "unblocked")
+        self.worker.set_blocked(blocked)
 
     def _send_cancel(self, task_id, force):
         self.worker.send("cancel", [task_id, force])
@@ -85,6 +86,8 @@ class Worker:
         self._interrupted = False
         self._interrupt_raised = False
         self._replies = {}
+        self._queue = collections.deque()  # dispatched tasks not started yet (pipelining)
+        self._in_get = False
         self._cancel_lock = threading.Lock()  # orders task start/end against interrupts
         self._early_cancels = set()  # tasks cancelled before this worker started them
 
@@ -101,7 +104,13 @@ class Worker:
             msg_type, body, buffers = protocol.decode(frames)
             if msg_type == "dispatch":
                 for record in body[0]:
-                    self._run(wire.decode_dispatch(record, buffers))
+                    dispatch = wire.decode_dispatch(record, buffers)
+                    if self._in_get:
+                        # Our task waits in get: a task queued behind it could be
+                        # what it waits for. Send it back to run elsewhere.
+                        self.send("rejected", [dispatch[0]])
+                    else:
+                        self._queue.append(dispatch)
             elif msg_type == "objects":
                 self.client.store.put_many(wire.decode_entries(body[0], buffers))
             elif msg_type == "error":
@@ -248,12 +257,25 @@ class Worker:
         return execution.run(function, call_args, call_kwargs, num_returns, retry_exc, name)
 
     # ---------------------------------------------------------- main
+    def set_blocked(self, blocked):
+        """Our task starts (True) or stops (False) waiting in get."""
+        if blocked:
+            self._in_get = True
+            while self._queue:
+                self.send("rejected", [self._queue.popleft()[0]])
+            self.send("blocked")
+        else:
+            self._in_get = False
+            self.send("unblocked")
+
     def serve(self):
         context.current.worker = self
         api._install_client(self.client)
         self.send("hello", ["worker", self.worker_id, self.node_id, os.getpid()])
         while True:
             try:
+                while self._queue:
+                    self._run(self._queue.popleft())
                 self._receive()
             except KeyboardInterrupt:
                 continue  # a cancel that arrived after its task ended
