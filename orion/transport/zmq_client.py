@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 import uuid
 
 import zmq
@@ -47,6 +48,14 @@ class ZmqClient(SerializingClient):
         self._welcome = threading.Event()
         self._replies = {}
         self._request_ids = itertools.count(1)
+        # Ownership (as in Ray): this driver keeps what it submitted until the
+        # results arrive, so that it can replay it all to a restarted head.
+        self._owned_lock = threading.Lock()
+        self._functions = {}  # function id -> pickled function, every one sent
+        self._unfinished = {}  # task id -> (submit record, buffers), in submission order
+        self._put_ids = []  # objects this driver put (their values stay in self.store)
+        self._wanted = set()  # foreign objects subscribed to and not arrived yet
+        self._heartbeat_interval = None  # from the head's welcome
         self._stopping = False
         self._io = threading.Thread(target=self._io_loop, name="orion-client-io", daemon=True)
         self._io.start()
@@ -57,18 +66,32 @@ class ZmqClient(SerializingClient):
 
     # ------------------------------------------------------------ hooks
     def _send_submit(self, specs, remote_function):
-        body, frames = self._submit_message(specs, remote_function)
-        self._post(("submit", body, frames))
+        functions = self._new_functions(remote_function)
+        records, frames = [], []
+        with self._owned_lock:
+            for function_id, blob in functions:
+                self._functions[function_id] = blob
+            for spec in specs:
+                header, buffers = spec.payload.args
+                record = wire.encode_submit_record(spec, header, len(buffers))
+                self._unfinished[spec.task_id] = (record, buffers)
+                records.append(record)
+                frames.extend(buffers)
+        self._post(("submit", [functions, records], frames))
 
     def _send_put(self, object_id, value):
         header, buffers = value
         self.store.put(object_id, value)
+        with self._owned_lock:
+            self._put_ids.append(object_id)
         self._post(("put", [object_id, header, len(buffers)], buffers))
 
     def _request(self, object_ids):
         # Results of our own tasks come without asking.
         wanted = [i for i in object_ids if not i.startswith(self._prefix)]
         if wanted:
+            with self._owned_lock:
+                self._wanted.update(wanted)
             self._post(("subscribe", [wanted], ()))
 
     def _send_cancel(self, task_id, force):
@@ -120,9 +143,15 @@ class ZmqClient(SerializingClient):
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)
+        next_heartbeat = 0.0
         try:
             while True:
-                ready = dict(poller.poll())
+                interval = self._heartbeat_interval
+                ready = dict(poller.poll(None if interval is None else interval * 1000))
+                if interval is not None and time.monotonic() >= next_heartbeat:
+                    # Lets a restarted head learn of us (it answers "reregister").
+                    sock.send_multipart(protocol.encode("heartbeat"))
+                    next_heartbeat = time.monotonic() + interval
                 if self._wake_read in ready:
                     os.read(self._wake_read, 65536)
                     self._wake_pending = False
@@ -163,9 +192,17 @@ class ZmqClient(SerializingClient):
             try:
                 msg_type, body, buffers = protocol.decode(frames)
                 if msg_type == "objects":
-                    self.store.put_many(wire.decode_entries(body[0], buffers))
+                    entries = wire.decode_entries(body[0], buffers)
+                    with self._owned_lock:
+                        for object_id, _ in entries:
+                            self._unfinished.pop(ids.task_of(object_id), None)
+                            self._wanted.discard(object_id)
+                    self.store.put_many(entries)
                 elif msg_type == "welcome":
+                    self._heartbeat_interval = body[1]
                     self._welcome.set()
+                elif msg_type == "reregister":
+                    self._replay(sock)
                 elif msg_type == "nodes_reply":
                     future = self._replies.get(body[0])
                     if future is not None and not future.done():
@@ -174,6 +211,32 @@ class ZmqClient(SerializingClient):
                     log.warning("the head says: %s", body[0])
             except ProtocolError as exc:
                 log.warning("dropped a malformed message from the head: %s", exc)
+
+
+    def _replay(self, sock):
+        """The head does not know us: it restarted. Say hello again and hand it
+        everything still unfinished, in the order it was first submitted."""
+        with self._owned_lock:
+            functions = [[k, v] for k, v in self._functions.items()]
+            unfinished = list(self._unfinished.values())
+            put_ids = list(self._put_ids)
+            wanted = list(self._wanted)
+        log.warning("the head at %s restarted; re-submitting %d unfinished task(s)", self.address, len(unfinished))
+        sock.send_multipart(protocol.encode("hello", ["client", self.peer_id, None, os.getpid()]))
+        # Values the new head lacks: our puts, and results we hold that
+        # unfinished tasks take as inputs.
+        needed = list(put_ids)
+        for record, _ in unfinished:
+            needed.extend(dep for dep in record[2] if dep.startswith(self._prefix))
+        for object_id in dict.fromkeys(needed):
+            entry = self.store.lookup(object_id)
+            if isinstance(entry, tuple):
+                header, buffers = entry
+                sock.send_multipart(protocol.encode("put", [object_id, header, len(buffers)], buffers), copy=False)
+        frames = [b for _, buffers in unfinished for b in buffers]
+        sock.send_multipart(protocol.encode("submit", [functions, [r for r, _ in unfinished]], frames), copy=False)
+        if wanted:
+            sock.send_multipart(protocol.encode("subscribe", [wanted]))
 
 
 def connect(address, **settings):

@@ -19,6 +19,7 @@ import time
 import uuid
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from ..head import Head
 from ..scheduler.events import Failure
@@ -144,6 +145,8 @@ class HeadServer:
         else:
             port = self.router.bind_to_random_port(f"tcp://{host}")
         self.address = f"tcp://{host}:{port}"
+        self._monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._node_fds = {}  # connection fd -> id of the node last heard on it
         self.transport = ZmqHeadTransport(self)
         self.head = Head(self.transport, policy)
         self.nodes = {}  # node id -> _NodeEntry
@@ -209,6 +212,7 @@ class HeadServer:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         next_tick = time.monotonic() + self.interval
         try:
             while not self._stopping:
@@ -220,6 +224,8 @@ class HeadServer:
                     os.read(self._wake_read, 65536)
                     self._wake_pending = False
                 with self.lock:
+                    if self._monitor in ready:
+                        self._connection_events()
                     if self.router in ready:
                         self._drain()
                     now = time.monotonic()
@@ -234,6 +240,8 @@ class HeadServer:
         for node in self.nodes.values():
             if node.alive:
                 self._send(node.identity, protocol.encode("reregister"))
+        self.router.disable_monitor()
+        self._monitor.close(linger=0)
         self.router.close(linger=0)
         os.close(self._wake_read)
         os.close(self._wake_write)
@@ -245,15 +253,47 @@ class HeadServer:
         router = self.router
         for _ in range(_DRAIN_LIMIT):
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
+                first = router.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            identity = first.bytes
+            frames = [identity]
+            frame = first
+            while frame.more:  # Frame.more avoids a getsockopt per frame
+                frame = router.recv(copy=False)
+                frames.append(frame.bytes)
+            if identity[:2] == b"n:":
+                # Remember which connection a node speaks on, to notice at once
+                # when that connection drops (see _connection_events).
+                self._node_fds[first.get(zmq.SRCFD)] = identity[2:].decode("latin-1")
             self._handle(frames)
+
+    def _connection_events(self):
+        """A TCP connection closed: if it was a node's, that node probably died.
+        Evict it after one more heartbeat interval unless it speaks again
+        (a restarted node reconnects and registers within that time)."""
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] != zmq.EVENT_DISCONNECTED:
+                continue
+            node = self.nodes.get(self._node_fds.pop(event["value"], None))
+            if node is not None and node.alive:
+                log.warning("node %s disconnected; evicting it unless it returns within %.1f s",
+                            node.node_id, self.interval)
+                node.last_seen = min(node.last_seen, time.monotonic() - self.interval * (self.liveness - 1))
 
     def _handle(self, frames):
         identity = frames[0]
         try:
             msg_type, body, buffers = protocol.decode(frames[1:])
+            if identity[:2] == b"c:" and identity not in self.clients and msg_type not in ("hello", "nodes"):
+                # A driver we do not know: this head restarted under it. Ask it
+                # to say hello and replay what it still waits for.
+                self.clients.add(identity)
+                self._send(identity, protocol.encode("reregister"))
             handler = self._handlers.get(msg_type)
             if handler is None:
                 raise ProtocolError(f"message type {msg_type!r} is not for the head")
