@@ -108,3 +108,47 @@ def test_worker_crash_error_names_task_node_and_signal(cluster):
     message = str(info.value)
     assert "doomed" in message and "SIGKILL" in message and cluster.node_id("ft0") in message
     assert "2 attempt(s)" in message
+
+
+def test_segfault_is_retried_then_reported(cluster, tmp_path):
+    start(cluster, nodes=1)
+
+    @orion.remote(max_retries=2)
+    def segfault_once(marker):
+        import ctypes
+        import os
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            ctypes.string_at(0)  # SIGSEGV
+        return "survived"
+
+    @orion.remote(max_retries=1)
+    def segfault_always():
+        import ctypes
+        ctypes.string_at(0)
+
+    assert orion.get(segfault_once.remote(str(tmp_path / "m")), timeout=60) == "survived"
+    with pytest.raises(orion.WorkerCrashedError, match="SIGSEGV"):
+        orion.get(segfault_always.remote(), timeout=60)
+
+
+def test_cancel_a_task_queued_behind_another_on_a_remote_worker(cluster, tmp_path):
+    start(cluster, nodes=1, workers=1)
+
+    @orion.remote
+    def mark(path, seconds):
+        time.sleep(seconds)
+        open(path, "w").close()
+        return path
+
+    long = mark.remote(str(tmp_path / "long"), 1.0)
+    queued = [mark.remote(str(tmp_path / f"q{i}"), 0) for i in range(4)]
+    # With a backlog, the next task is already queued on the busy worker.
+    wait_until(lambda: orion.nodes()[0]["running"] >= 1, 20)
+    for ref in queued:
+        orion.cancel(ref)
+    for ref in queued:
+        with pytest.raises(orion.TaskCancelledError):
+            orion.get(ref, timeout=30)
+    assert orion.get(long, timeout=30).endswith("long")
+    assert not any((tmp_path / f"q{i}").exists() for i in range(4))  # none of them ran
