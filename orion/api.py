@@ -9,6 +9,7 @@ import os
 import re
 import threading
 
+from . import security
 from .errors import OrionError
 
 _lock = threading.Lock()
@@ -43,7 +44,7 @@ class ClusterInfo:
         return f"ClusterInfo(address={self.address!r})"
 
 
-def init(address=None, *, num_workers=None, transport="zmq", resources=None, **settings):
+def init(address=None, *, num_workers=None, transport="zmq", resources=None, keys=None, **settings):
     global _client
     if transport not in ("zmq", "inproc"):
         raise ValueError(f"transport must be 'zmq' or 'inproc', got {transport!r}")
@@ -72,11 +73,11 @@ def init(address=None, *, num_workers=None, transport="zmq", resources=None, **s
         elif address is not None:
             from .transport.zmq_client import connect
 
-            client = connect(address, **settings)
+            client = connect(address, keys=security.load(keys), **settings)
         else:
             from .transport.embedded import start_embedded
 
-            client = start_embedded(workers, resources, **settings)
+            client = start_embedded(workers, resources, keys=security.load(keys), **settings)
         _client = client
     return ClusterInfo(client.address)
 

@@ -9,6 +9,8 @@ import signal
 import sys
 import time
 
+from . import security
+
 DEFAULT_PORT = 6380
 
 
@@ -47,8 +49,12 @@ def cmd_head(args):
 
     stopper = _StopOnSignals()
     try:
+        keys = security.load(args.keys)
         server = HeadServer(args.host, args.port, heartbeat_interval=args.heartbeat_interval,
-                            heartbeat_liveness=args.heartbeat_liveness, policy=args.policy)
+                            heartbeat_liveness=args.heartbeat_liveness, policy=args.policy, keys=keys)
+    except security.KeysError as exc:
+        print(f"orion head: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # port in use, bad host...
         print(f"orion head: cannot bind tcp://{args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
@@ -76,13 +82,15 @@ def cmd_worker(args):
                              f"got {args.resources}")
         if args.num_workers < 1:
             raise ValueError(f"--num-workers must be >= 1, got {args.num_workers}")
+        keys = security.load(args.keys)
     except (ValueError, json.JSONDecodeError) as exc:
         print(f"orion worker: {exc}", file=sys.stderr)
         return 2
     stopper = _StopOnSignals()
     _log_to_stdout()
     node = NodeAgent(args.address, args.num_workers, resources, args.node_id,
-                     heartbeat_interval=args.heartbeat_interval, heartbeat_liveness=args.heartbeat_liveness)
+                     heartbeat_interval=args.heartbeat_interval, heartbeat_liveness=args.heartbeat_liveness,
+                     keys=keys)
     stopper.attach(node)
     logging.getLogger("orion.node").info("node %s starting %d workers for head %s", node.node_id,
                                          args.num_workers, args.address)
@@ -91,7 +99,7 @@ def cmd_worker(args):
     return 0
 
 
-def query_nodes(address, timeout=3.0):
+def query_nodes(address, timeout=3.0, keys=None):
     """Ask the head at ``address`` for its node table; None if it does not answer."""
     import zmq
 
@@ -100,6 +108,8 @@ def query_nodes(address, timeout=3.0):
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        keys.as_client(sock)
     try:
         sock.connect(address)
         sock.send_multipart(protocol.encode("nodes", [1]))
@@ -153,10 +163,11 @@ def cmd_status(args):
     address = args.address or os.environ.get("ORION_ADDRESS") or f"tcp://127.0.0.1:{DEFAULT_PORT}"
     try:
         check_address(address)
+        keys = security.load(args.keys)
     except ValueError as exc:
         print(f"orion status: {exc}", file=sys.stderr)
         return 2
-    nodes = query_nodes(address, args.timeout)
+    nodes = query_nodes(address, args.timeout, keys)
     if nodes is None:
         print(f"orion status: no Orion head answered at {address} within {args.timeout:g} s "
               "(is `orion head` running there?)", file=sys.stderr)
@@ -166,6 +177,15 @@ def cmd_status(args):
     else:
         print(f"head: {address}")
         print(format_status(nodes))
+    return 0
+
+
+def cmd_keygen(args):
+    public, secret = security.keygen(args.dir)
+    print(f"wrote the cluster key pair {public} and {secret}")
+    print(f"copy {args.dir} to every machine of the cluster (keep it secret: whoever holds it can run code "
+          f"on the cluster) and pass --keys {args.dir} (or set ORION_KEYS={args.dir}) to every orion head, "
+          f"orion worker, orion status and orion.init(address=..., keys=...)")
     return 0
 
 
@@ -185,7 +205,17 @@ def build_parser():
         p.add_argument("--heartbeat-liveness", type=int, default=None,
                        help="missed heartbeats before a peer is declared dead (default 5)")
 
+    def keys_flag(p):
+        p.add_argument("--keys", default=None, metavar="DIR",
+                       help="cluster keys made by `orion keygen DIR` (default: $ORION_KEYS; none = no "
+                            "authentication, loopback only)")
+
+    keygen = sub.add_parser("keygen", help="write a new cluster key pair into DIR")
+    keygen.add_argument("dir")
+    keygen.set_defaults(run=cmd_keygen)
+
     head = sub.add_parser("head", help="run a head in the foreground")
+    keys_flag(head)
     head.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     head.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default {DEFAULT_PORT})")
     head.add_argument("--policy", default="least_loaded", choices=["least_loaded", "round_robin"])
@@ -193,6 +223,7 @@ def build_parser():
     head.set_defaults(run=cmd_head)
 
     worker = sub.add_parser("worker", help="run a worker node in the foreground")
+    keys_flag(worker)
     worker.add_argument("--address", required=True, help="the head's tcp://HOST:PORT")
     worker.add_argument("--num-workers", type=int, default=os.cpu_count() or 1)
     worker.add_argument("--resources", default=None, help='custom resources as JSON, e.g. \'{"GPU": 1}\'')
@@ -201,6 +232,7 @@ def build_parser():
     worker.set_defaults(run=cmd_worker)
 
     status = sub.add_parser("status", help="print the cluster's nodes")
+    keys_flag(status)
     status.add_argument("--address", default=None, help="the head's tcp://HOST:PORT (default ORION_ADDRESS "
                                                         f"or tcp://127.0.0.1:{DEFAULT_PORT})")
     status.add_argument("--json", action="store_true", help="print JSON for scripts")

@@ -72,16 +72,16 @@ class EmbeddedClient(SerializingClient):
 
 
 def start_embedded(num_workers, resources=None, *, policy="least_loaded", heartbeat_interval=None,
-                   heartbeat_liveness=None, node_id=None):
+                   heartbeat_liveness=None, node_id=None, keys=None):
     server = HeadServer("127.0.0.1", 0, heartbeat_interval=heartbeat_interval,
-                        heartbeat_liveness=heartbeat_liveness, policy=policy).start()
+                        heartbeat_liveness=heartbeat_liveness, policy=policy, keys=keys).start()
     # Worker processes must import what this process imports (test modules, the
     # script's own modules): give them our sys.path.
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     node = NodeAgent(server.address, num_workers, resources, node_id or f"local-{os.getpid()}",
                      heartbeat_interval=server.interval, heartbeat_liveness=server.liveness,
-                     worker_env=env).start()
+                     worker_env=env, keys=keys).start()
     if not server.wait_for_nodes(1, timeout=10):
         node.stop()
         server.stop()

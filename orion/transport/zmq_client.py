@@ -33,12 +33,13 @@ CONNECT_TIMEOUT = 10.0
 
 
 class ZmqClient(SerializingClient):
-    def __init__(self, address, connect_timeout=CONNECT_TIMEOUT):
+    def __init__(self, address, connect_timeout=CONNECT_TIMEOUT, keys=None):
         from ..object_store import ObjectStore
 
         super().__init__(ObjectStore())
         ids.reseed()  # ids of an earlier client in this process must not look like ours
         self.address = address
+        self._keys = keys
         self.peer_id = "c:" + uuid.uuid4().hex[:16]
         self._prefix = ids.prefix()
         self.context = zmq.Context()
@@ -62,7 +63,9 @@ class ZmqClient(SerializingClient):
         self._post(("hello", ["client", self.peer_id, None, os.getpid()], ()))
         if not self._welcome.wait(connect_timeout):
             self.shutdown()
-            raise OrionError(f"no Orion head answered at {address} within {connect_timeout:g} s")
+            hint = " (are the cluster keys right?)" if keys is not None else \
+                " (if the cluster uses keys, pass keys=DIR or set ORION_KEYS)"
+            raise OrionError(f"no Orion head answered at {address} within {connect_timeout:g} s{hint}")
 
     # ------------------------------------------------------------ hooks
     def _send_submit(self, specs, remote_function):
@@ -136,6 +139,8 @@ class ZmqClient(SerializingClient):
     def _io_loop(self):
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, self.peer_id.encode())
+        if self._keys is not None:
+            self._keys.as_client(sock)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)

@@ -21,6 +21,7 @@ import uuid
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from .. import security
 from ..head import Head
 from ..scheduler.events import Failure
 from . import protocol, wire
@@ -32,6 +33,20 @@ log = logging.getLogger("orion.head")
 DEFAULT_HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats, both ways
 DEFAULT_HEARTBEAT_LIVENESS = 5  # missed heartbeats before a peer counts as dead
 _DRAIN_LIMIT = 2000  # messages handled before the loop sends what they produced
+
+
+RECEIVE_QUEUE_MESSAGES = 10_000  # per peer, queued by ZeroMQ before the head reads them
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 30  # per frame; ORION_MAX_MESSAGE_BYTES overrides
+
+_HANDSHAKE_REASONS = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "its key is not allowed (wrong cluster keys)",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake protocol error (no keys, or wrong keys?)",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed (no keys, or not an Orion peer?)",
+}
+
+
+def max_message_size():
+    return int(os.environ.get("ORION_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES))
 
 
 def heartbeat_settings(interval=None, liveness=None):
@@ -129,8 +144,9 @@ class ZmqHeadTransport(HeadTransport):
 
 class HeadServer:
     def __init__(self, host="127.0.0.1", port=0, *, heartbeat_interval=None, heartbeat_liveness=None,
-                 policy="least_loaded", context=None):
+                 policy="least_loaded", context=None, keys=None, max_message_bytes=None):
         self.interval, self.liveness = heartbeat_settings(heartbeat_interval, heartbeat_liveness)
+        security.require_keys_for(host, keys)
         self.head_id = uuid.uuid4().hex[:12]
         self._own_context = context is None
         self.context = context or zmq.Context()
@@ -138,14 +154,24 @@ class HeadServer:
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise, never vanish
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a peer reconnecting with its id takes over
         self.router.setsockopt(zmq.SNDHWM, 0)  # no silent drops at a high-water mark
-        self.router.setsockopt(zmq.RCVHWM, 0)
+        # A peer that pushes faster than we read blocks in its send (back-pressure)
+        # instead of piling messages up in our memory.
+        self.router.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE_MESSAGES)
+        # A frame that declares more than this is refused before anything is
+        # allocated, and its sender disconnected.
+        self.router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes or max_message_size())
         self.router.setsockopt(zmq.LINGER, 0)
+        self._auth = None
+        if keys is not None:
+            keys.as_server(self.router)
+            self._auth = keys.start_authenticator(self.context)
+        self.refusals = security.RefusalLog()
         if port:
             self.router.bind(f"tcp://{host}:{port}")
         else:
             port = self.router.bind_to_random_port(f"tcp://{host}")
         self.address = f"tcp://{host}:{port}"
-        self._monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED | security.HANDSHAKE_EVENTS)
         self._node_fds = {}  # connection fd -> id of the node last heard on it
         self.transport = ZmqHeadTransport(self)
         self.head = Head(self.transport, policy)
@@ -243,6 +269,8 @@ class HeadServer:
         self.router.disable_monitor()
         self._monitor.close(linger=0)
         self.router.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
         os.close(self._wake_read)
         os.close(self._wake_write)
         if self._own_context:
@@ -277,6 +305,9 @@ class HeadServer:
                 event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if event["event"] & security.HANDSHAKE_EVENTS:
+                self.refusals.refused(_HANDSHAKE_REASONS.get(event["event"], "handshake failed"))
+                continue
             if event["event"] != zmq.EVENT_DISCONNECTED:
                 continue
             node = self.nodes.get(self._node_fds.pop(event["value"], None))

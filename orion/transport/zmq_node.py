@@ -23,6 +23,7 @@ import time
 
 import zmq
 
+from .. import security
 from . import protocol
 from .protocol import ProtocolError
 from .zmq_head import heartbeat_settings
@@ -52,7 +53,7 @@ class _WorkerProcess:
 
 class NodeAgent:
     def __init__(self, address, num_workers, resources=None, node_id=None, *, heartbeat_interval=None,
-                 heartbeat_liveness=None, worker_env=None):
+                 heartbeat_liveness=None, worker_env=None, keys=None):
         self.head_address = address
         self.num_workers = num_workers
         self.resources = {"CPU": float(num_workers)}
@@ -61,6 +62,9 @@ class NodeAgent:
         self.interval, self.liveness = heartbeat_settings(heartbeat_interval, heartbeat_liveness)
         self.worker_env = dict(os.environ if worker_env is None else worker_env)
         self.worker_env.setdefault("ORION_HEARTBEAT_INTERVAL", str(self.interval))
+        self.keys = keys
+        if keys is not None:  # worker processes use the same cluster keys
+            self.worker_env[security.KEYS_ENV] = keys.directory
         host = address.rsplit(":", 1)[0][len("tcp://"):]
         self.address = host if host in ("127.0.0.1", "localhost") else socketlib.gethostname()
         self.context = zmq.Context()
@@ -103,6 +107,8 @@ class NodeAgent:
             self.socket.close(linger=0)
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.IDENTITY, b"n:" + self.node_id.encode())
+        if self.keys is not None:
+            self.keys.as_client(self.socket)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(self.head_address)
         self._send("register", [self.node_id, self.resources, self.num_workers, self.address, os.getpid()])

@@ -26,7 +26,7 @@ import time
 import cloudpickle
 import zmq
 
-from .. import api, context, execution, serialization
+from .. import api, context, execution, security, serialization
 from ..object_store import ObjectStore
 from ..scheduler.events import Failure
 from . import protocol, wire
@@ -76,6 +76,9 @@ class Worker:
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.IDENTITY, b"w:" + worker_id.encode())
+        keys = security.load(None)  # the node hands its keys down through ORION_KEYS
+        if keys is not None:
+            keys.as_client(self.socket)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(address)
         self.functions = {}
