@@ -43,11 +43,17 @@ def _as_ref_list(refs, what):
 class Client:
     peer_id = "driver"
 
+    # Back-pressure: at most this many of a driver's tasks may be unfinished;
+    # ``.remote`` blocks beyond it (subclasses that see results arrive count).
+    max_unfinished = 100_000
+
     def __init__(self, store):
         self.store = store
         self.closed = False
         self._future_pool = None
         self._future_lock = threading.Lock()
+        self._unfinished_count = 0
+        self._room = threading.Condition()
 
     # ------------------------------------------------------ transport hooks
     def _send_submit(self, specs, functions):
@@ -82,8 +88,14 @@ class Client:
     def nodes(self):
         raise NotImplementedError
 
+    def timeline_records(self):
+        """The head's task records (``orion.observe.tasklog``), for ``orion.timeline``."""
+        raise OrionError("orion.timeline is only available to a driver, not inside a task")
+
     def shutdown(self):
         self.closed = True
+        with self._room:
+            self._room.notify_all()
         if self._future_pool is not None:
             self._future_pool.shutdown(wait=False)
 
@@ -123,12 +135,18 @@ class Client:
             self._send_put(object_id, encoded)
         return ObjectRef(object_id)
 
-    def get(self, refs, timeout=None):
+    def get(self, refs, timeout=None, progress=False):
         timeout = _check_timeout(timeout)
         ref_list, single = _as_ref_list(refs, "get")
         self._check_open()
         object_ids = [r.id for r in ref_list]
-        if not self._wait_for(object_ids, None, timeout):
+        if progress:
+            from .progress_bar import wait_with_bar
+
+            ready = wait_with_bar(self, object_ids, timeout)
+        else:
+            ready = self._wait_for(object_ids, None, timeout)
+        if not ready:
             missing = [i for i in object_ids if i not in self.store]
             raise GetTimeoutError(f"get timed out after {timeout} s; {len(missing)} of {len(object_ids)} "
                                   f"object(s) not ready, e.g. {missing[0]}")
@@ -181,6 +199,20 @@ class Client:
         return future
 
     # ------------------------------------------------------------ internals
+    def _reserve(self, count=1):
+        """Block while the driver has ``max_unfinished`` unfinished tasks."""
+        with self._room:
+            while self._unfinished_count >= self.max_unfinished and not self.closed:
+                self._room.wait()  # shutdown notifies too: no caller stays stuck
+            self._unfinished_count += count
+
+    def _settle(self, count=1):
+        """``count`` tasks of ours finished (results or failures arrived)."""
+        with self._room:
+            self._unfinished_count -= count
+            if self._unfinished_count < self.max_unfinished:
+                self._room.notify_all()
+
     def _check_open(self):
         if self.closed:
             raise OrionError("this Orion client was shut down; call orion.init() again")
@@ -213,7 +245,11 @@ class Client:
         entry = self.store.lookup(object_id)
         if type(entry) is Failed:
             raise failure_to_error(entry.failure, self._decode_failure_payload)
-        return self._decode_value(entry)
+        try:
+            return self._decode_value(entry)
+        except Exception as exc:  # e.g. its class lives in a module this process lacks
+            raise OrionError(f"the value of object {object_id} arrived but cannot be unpickled here: "
+                             f"{type(exc).__name__}: {exc}") from exc
 
     def _future_executor(self):
         with self._future_lock:

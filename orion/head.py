@@ -11,15 +11,22 @@ same class, so every scheduling rule lives in exactly one place.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections import deque
 
 from .object_store import Failed, ObjectStore
+from .observe.tasklog import TaskLog
 from .scheduler import commands as cmd
 from .scheduler import events as ev
 from .scheduler.events import Failure
 from .scheduler.state import Scheduler
 
 log = logging.getLogger("orion.head")
+
+# Twice a well-behaved client's own limit (Client.max_unfinished): only a peer
+# that ignores back-pressure ever reaches it.
+MAX_UNFINISHED_PER_OWNER = int(os.environ.get("ORION_MAX_UNFINISHED_PER_OWNER", 200_000))
 
 
 class TaskRecord:
@@ -43,7 +50,10 @@ class Head:
         self.functions = {}  # function id -> function (object or pickled blob)
         self.owners = {}  # object id -> peer that submitted (or put) it
         self.subscribers = {}  # object id -> set of peers that asked for it
+        self.unfinished_by_owner = {}  # peer -> its tasks not finished yet (bounded)
+        self.max_unfinished_per_owner = MAX_UNFINISHED_PER_OWNER
         self.stats = {"submitted": 0, "finished": 0, "failed": 0, "retried": 0}
+        self.tasklog = TaskLog()  # per-task times and per-name counts (orion.observe)
         self._results = {}  # task id -> values reported, until the scheduler accepts them
         self._later = deque()  # events raised while carrying out commands
 
@@ -52,13 +62,28 @@ class Head:
         self.functions.setdefault(function_id, function)
 
     def submit(self, specs):
-        owners = self.owners
+        owners, unfinished, limit = self.owners, self.unfinished_by_owner, self.max_unfinished_per_owner
+        accepted = []
         for spec in specs:
             owner = spec.payload.owner
+            count = unfinished.get(owner, 0)
+            if count >= limit:
+                # A peer that ignores back-pressure: refuse rather than grow without bound.
+                self._refuse(spec, f"the head refused task {spec.name or spec.task_id}: its driver already "
+                                   f"has {count} unfinished tasks (the limit is {limit})")
+                continue
+            unfinished[owner] = count + 1
             for return_id in spec.return_ids:
                 owners[return_id] = owner
-        self.stats["submitted"] += len(specs)
-        self._feed([ev.TaskSubmitted(spec) for spec in specs])
+            accepted.append(spec)
+        self.stats["submitted"] += len(accepted)
+        self.tasklog.submitted(accepted)
+        self._feed([ev.TaskSubmitted(spec) for spec in accepted])
+
+    def _refuse(self, spec, message):
+        failed = Failed(Failure("unschedulable", message))
+        for return_id in spec.return_ids:  # told to the owner only: nothing is kept
+            self.transport.deliver(spec.payload.owner, return_id, failed)
 
     def put(self, peer, object_id, value):
         self.store.put(object_id, value)
@@ -90,12 +115,17 @@ class Head:
         self._feed([ev.ObjectsReleased(tuple(object_ids))])
 
     # ----------------------------------------------------------- worker side
-    def task_done(self, worker_id, task_id, values):
+    def task_done(self, worker_id, task_id, values, times=None):
+        """``times``: ``(started, finished)`` wall-clock seconds, as the worker ran it."""
+        if times is not None:
+            self.tasklog.reported(worker_id, task_id, times)
         self._results[task_id] = values
         self._feed([ev.TaskFinished(task_id, worker_id)])
         self._results.pop(task_id, None)  # not accepted: a stale or cancelled attempt
 
-    def task_failed(self, worker_id, task_id, failure, retryable=False, cancelled=False):
+    def task_failed(self, worker_id, task_id, failure, retryable=False, cancelled=False, times=None):
+        if times is not None:
+            self.tasklog.reported(worker_id, task_id, times)
         self._feed([ev.TaskErrored(task_id, worker_id, failure, retryable, cancelled)])
 
     def task_rejected(self, worker_id, task_id):
@@ -137,22 +167,28 @@ class Head:
     def _carry_out(self, commands):
         transport = self.transport
         store = self.store
+        tasklog = self.tasklog
+        now = time.time()
         for command in commands:
             kind = type(command)
             if kind is cmd.Dispatch:
                 spec = command.spec
                 inputs = {dep: store.lookup(dep) for dep in spec.dependencies} if spec.dependencies else None
                 transport.dispatch(command.worker_id, spec, inputs, self.functions[spec.payload.function_id])
+                tasklog.dispatched(spec, command.worker_id, command.node_id, now)
             elif kind is cmd.Publish:
                 self.stats["finished"] += 1
+                tasklog.finished(command.task_id, now)
                 values = self._results.pop(command.task_id)
                 self._store_all(command.return_ids, values)
             elif kind is cmd.FailTask:
                 self.stats["failed"] += 1
+                tasklog.failed(command.task_id, command.failure, now)
                 failed = Failed(command.failure)
                 self._store_all(command.return_ids, [failed] * len(command.return_ids))
             elif kind is cmd.Retry:
                 self.stats["retried"] += 1
+                tasklog.retried(command.task_id, now)
                 log.info("retrying task %s (attempt %d): %s", command.task_id, command.attempt, command.reason)
             elif kind is cmd.InterruptTask:
                 transport.interrupt(command.worker_id, command.task_id, command.force)
@@ -172,6 +208,8 @@ class Head:
             owner = owners.get(object_id)
             if owner is not None:
                 deliver(owner, object_id, entry)
+                if object_id.endswith("0001"):  # the first return of a task: it is done
+                    self.unfinished_by_owner[owner] -= 1
             peers = subscribers.pop(object_id, None)
             if peers:
                 for peer in peers:

@@ -14,6 +14,7 @@ import uuid
 
 from .. import ids
 from ..errors import OrionError
+from ..log_printer import LogPrinter
 from ..object_store import ObjectStore
 from .wire_client import SerializingClient
 from .zmq_head import HeadServer
@@ -21,7 +22,7 @@ from .zmq_node import NodeAgent
 
 
 class EmbeddedClient(SerializingClient):
-    def __init__(self, server, node):
+    def __init__(self, server, node, log_to_driver=True):
         super().__init__(ObjectStore())
         ids.reseed()  # ids of an earlier client in this process must not look like ours
         self._prefix = ids.prefix()
@@ -30,10 +31,21 @@ class EmbeddedClient(SerializingClient):
         self.head = server.head
         self.address = server.address
         self.peer_id = "c:" + uuid.uuid4().hex[:16]
+        # Workers' output reaches us through a callback on the head's thread.
+        self._log_printer = LogPrinter() if log_to_driver else None
         with server.lock:
-            server.transport.local_stores[self.peer_id] = self.store
+            server.transport.local_clients[self.peer_id] = self  # the head calls self.put_entry
+            server.logs.local[self.peer_id] = (self._log_printer.print_records if log_to_driver
+                                               else _drop_output)
+
+    def put_entry(self, object_id, entry):
+        """The head delivers a value or failure (under the server lock)."""
+        self.store.put(object_id, entry)
+        if object_id.endswith("0001") and object_id.startswith(self._prefix):
+            self._settle()  # one of our tasks is done (its first return arrived)
 
     def _send_submit(self, specs, remote_function):
+        self._reserve(len(specs))
         functions = self._new_functions(remote_function)
         with self.server.lock:
             for function_id, blob in functions:
@@ -63,16 +75,27 @@ class EmbeddedClient(SerializingClient):
         with self.server.lock:
             return self.server.node_listing()
 
+    def timeline_records(self):
+        self._check_open()
+        with self.server.lock:
+            return self.head.tasklog.records()
+
     def shutdown(self):
         if self.closed:
             return
         super().shutdown()
         self.node.stop()
         self.server.stop()
+        if self._log_printer is not None:
+            self._log_printer.close()
+
+
+def _drop_output(records):
+    pass  # orion.init(log_to_driver=False)
 
 
 def start_embedded(num_workers, resources=None, *, policy="least_loaded", heartbeat_interval=None,
-                   heartbeat_liveness=None, node_id=None, keys=None):
+                   heartbeat_liveness=None, node_id=None, keys=None, log_to_driver=True):
     server = HeadServer("127.0.0.1", 0, heartbeat_interval=heartbeat_interval,
                         heartbeat_liveness=heartbeat_liveness, policy=policy, keys=keys).start()
     # Worker processes must import what this process imports (test modules, the
@@ -86,4 +109,4 @@ def start_embedded(num_workers, resources=None, *, policy="least_loaded", heartb
         node.stop()
         server.stop()
         raise OrionError("the embedded node did not register with its head within 10 s")
-    return EmbeddedClient(server, node)
+    return EmbeddedClient(server, node, log_to_driver=log_to_driver)

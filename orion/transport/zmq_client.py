@@ -23,7 +23,9 @@ import zmq
 
 from .. import ids
 from ..errors import OrionError
+from ..log_printer import LogPrinter
 from . import protocol, wire
+from .logs import decode_peer_records
 from .protocol import ProtocolError
 from .wire_client import SerializingClient
 
@@ -33,13 +35,14 @@ CONNECT_TIMEOUT = 10.0
 
 
 class ZmqClient(SerializingClient):
-    def __init__(self, address, connect_timeout=CONNECT_TIMEOUT, keys=None):
+    def __init__(self, address, connect_timeout=CONNECT_TIMEOUT, keys=None, log_to_driver=True):
         from ..object_store import ObjectStore
 
         super().__init__(ObjectStore())
         ids.reseed()  # ids of an earlier client in this process must not look like ours
         self.address = address
         self._keys = keys
+        self._log_printer = LogPrinter() if log_to_driver else None  # workers' output, printed here
         self.peer_id = "c:" + uuid.uuid4().hex[:16]
         self._prefix = ids.prefix()
         self.context = zmq.Context()
@@ -69,6 +72,7 @@ class ZmqClient(SerializingClient):
 
     # ------------------------------------------------------------ hooks
     def _send_submit(self, specs, remote_function):
+        self._reserve(len(specs))
         functions = self._new_functions(remote_function)
         records, frames = [], []
         with self._owned_lock:
@@ -101,14 +105,21 @@ class ZmqClient(SerializingClient):
         self._post(("cancel", [task_id, force], ()))
 
     def nodes(self):
+        return self._ask("nodes", 10)
+
+    def timeline_records(self):
+        return self._ask("timeline", 60)
+
+    def _ask(self, msg_type, timeout):
+        """Send a request (``nodes``, ``timeline``) and wait for its ``*_reply``."""
         self._check_open()
         request_id = next(self._request_ids)
         future = self._replies[request_id] = concurrent.futures.Future()
-        self._post(("nodes", [request_id], ()))
+        self._post((msg_type, [request_id], ()))
         try:
-            return future.result(timeout=10)
+            return future.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
-            raise OrionError(f"the head at {self.address} did not answer within 10 s") from None
+            raise OrionError(f"the head at {self.address} did not answer within {timeout} s") from None
         finally:
             self._replies.pop(request_id, None)
 
@@ -122,6 +133,8 @@ class ZmqClient(SerializingClient):
         self._wake()
         self._io.join(timeout=5)
         self.context.term()
+        if self._log_printer is not None:
+            self._log_printer.close()
 
     # ------------------------------------------------------------ I/O thread
     def _post(self, message):
@@ -198,17 +211,25 @@ class ZmqClient(SerializingClient):
                 msg_type, body, buffers = protocol.decode(frames)
                 if msg_type == "objects":
                     entries = wire.decode_entries(body[0], buffers)
+                    settled = 0
                     with self._owned_lock:
                         for object_id, _ in entries:
-                            self._unfinished.pop(ids.task_of(object_id), None)
+                            if self._unfinished.pop(ids.task_of(object_id), None) is not None:
+                                settled += 1
                             self._wanted.discard(object_id)
+                    if settled:
+                        self._settle(settled)
                     self.store.put_many(entries)
                 elif msg_type == "welcome":
                     self._heartbeat_interval = body[1]
                     self._welcome.set()
                 elif msg_type == "reregister":
                     self._replay(sock)
-                elif msg_type == "nodes_reply":
+                elif msg_type == "logs":
+                    records = decode_peer_records(body[0])
+                    if self._log_printer is not None:
+                        self._log_printer.print_records(records)
+                elif msg_type in ("nodes_reply", "timeline_reply"):
                     future = self._replies.get(body[0])
                     if future is not None and not future.done():
                         future.set_result(body[1])

@@ -23,9 +23,11 @@ from zmq.utils.monitor import recv_monitor_message
 
 from .. import security
 from ..head import Head
+from ..observe import state as observe_state
 from ..scheduler.events import Failure
 from . import protocol, wire
 from .base import HeadTransport
+from .logs import LogForwarder
 from .protocol import ProtocolError, check
 
 log = logging.getLogger("orion.head")
@@ -35,6 +37,7 @@ DEFAULT_HEARTBEAT_LIVENESS = 5  # missed heartbeats before a peer counts as dead
 _DRAIN_LIMIT = 2000  # messages handled before the loop sends what they produced
 
 
+BATCH_ITEMS = 5_000  # dispatches or values per message, at most
 RECEIVE_QUEUE_MESSAGES = 10_000  # per peer, queued by ZeroMQ before the head reads them
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30  # per frame; ORION_MAX_MESSAGE_BYTES overrides
 
@@ -84,7 +87,7 @@ class ZmqHeadTransport(HeadTransport):
         self.server = server
         self.batches = {}  # identity -> {"dispatch": [records], "objects": [items], "frames": {...}}
         self.singles = []  # (identity, frames) sent as they are
-        self.local_stores = {}  # peer id -> ObjectStore of an in-process driver
+        self.local_clients = {}  # peer id -> an in-process driver (EmbeddedClient.put_entry)
 
     def _batch(self, identity, kind):
         peer = self.batches.get(identity)
@@ -92,6 +95,10 @@ class ZmqHeadTransport(HeadTransport):
             peer = self.batches[identity] = {}
         batch = peer.get(kind)
         if batch is None:
+            batch = peer[kind] = ([], [])
+        elif len(batch[0]) >= BATCH_ITEMS:
+            # Keep every message well under the receivers' envelope limit.
+            self.singles.append((identity, protocol.encode(kind, [batch[0]], batch[1])))
             batch = peer[kind] = ([], [])
         return batch
 
@@ -106,9 +113,9 @@ class ZmqHeadTransport(HeadTransport):
         records.append(wire.encode_dispatch(spec, inputs, blob, frames))
 
     def deliver(self, peer_id, object_id, entry):
-        local_store = self.local_stores.get(peer_id)
-        if local_store is not None:  # a driver in this process: no message needed
-            local_store.put(object_id, entry)
+        local = self.local_clients.get(peer_id)
+        if local is not None:  # a driver in this process: no message needed
+            local.put_entry(object_id, entry)
             return
         items, frames = self._batch(peer_id.encode("latin-1"), "objects")
         items.append(wire.encode_entry(object_id, entry, frames))
@@ -175,6 +182,7 @@ class HeadServer:
         self._node_fds = {}  # connection fd -> id of the node last heard on it
         self.transport = ZmqHeadTransport(self)
         self.head = Head(self.transport, policy)
+        self.logs = LogForwarder(self)  # workers' output -> the owners of their tasks
         self.nodes = {}  # node id -> _NodeEntry
         self.worker_nodes = {}  # worker id -> node id
         self.worker_functions = {}  # worker id -> function ids it has been sent
@@ -195,7 +203,7 @@ class HeadServer:
             "put": self._on_put, "subscribe": self._on_subscribe, "cancel": self._on_cancel,
             "release": self._on_release, "nodes": self._on_nodes, "blocked": self._on_blocked,
             "unblocked": self._on_unblocked, "rejected": self._on_rejected, "done": self._on_done,
-            "failed": self._on_failed,
+            "failed": self._on_failed, "status": self._on_status, "timeline": self._on_timeline, "logs": self.logs.on_logs,
         }
 
     # ---------------------------------------------------------- lifecycle
@@ -320,7 +328,7 @@ class HeadServer:
         identity = frames[0]
         try:
             msg_type, body, buffers = protocol.decode(frames[1:])
-            if identity[:2] == b"c:" and identity not in self.clients and msg_type not in ("hello", "nodes"):
+            if identity[:2] == b"c:" and identity not in self.clients and msg_type not in ("hello", "nodes", "status", "timeline"):
                 # A driver we do not know: this head restarted under it. Ask it
                 # to say hello and replay what it still waits for.
                 self.clients.add(identity)
@@ -412,6 +420,7 @@ class HeadServer:
         elif kind == "worker":
             check(identity == worker_identity(peer_id), "a worker's identity must be w:<worker id>")
             check(isinstance(node_id, str), "a worker must name its node")
+            self.logs.worker_hello(peer_id, _pid)
             node = self.nodes.get(node_id)
             if node is None or not node.alive:
                 self.pending_workers.setdefault(node_id, []).append(peer_id)
@@ -476,6 +485,7 @@ class HeadServer:
             node.workers.discard(worker_id)
             self.worker_nodes.pop(worker_id, None)
             self.worker_functions.pop(worker_id, None)
+            self.logs.worker_gone(worker_id)
             log.info("worker %s on node %s died: %s", worker_id, node.node_id, reason)
             self.head.worker_lost(worker_id, reason)
         pending = self.pending_workers.get(node.node_id)
@@ -517,14 +527,22 @@ class HeadServer:
         self._send(identity, protocol.encode("nodes_reply", [body[0], self.node_listing()]))
 
     def node_listing(self):
-        """The scheduler's view of each node plus the age of its last heartbeat."""
+        """The scheduler's view of each node plus the age of its last heartbeat
+        and the tasks queued on it."""
         now = time.monotonic()
         listing = []
         for info in self.head.scheduler.nodes():
             entry = self.nodes.get(info["node_id"])
             info["heartbeat_age"] = round(now - entry.last_seen, 3) if entry else None
             listing.append(info)
-        return listing
+        return observe_state.node_table_locked(self.head, listing)
+
+    def _on_status(self, identity, body, buffers):
+        status = observe_state.status_locked(self.head, self.node_listing())
+        self._send(identity, protocol.encode("status_reply", [body[0], status]))
+
+    def _on_timeline(self, identity, body, buffers):
+        self._send(identity, protocol.encode("timeline_reply", [body[0], self.head.tasklog.records()]))
 
     def _on_blocked(self, identity, body, buffers):
         self.head.worker_blocked(self._peer_worker(identity))
@@ -537,7 +555,8 @@ class HeadServer:
 
     def _on_done(self, identity, body, buffers):
         worker_id = self._peer_worker(identity)
-        task_id, results = body
+        task_id, results, times = body
+        times = wire.decode_times(times)
         values = wire.decode_results(results, buffers)
         expected = self.head.scheduler.return_count(task_id)
         if expected is not None and expected != len(values):
@@ -546,9 +565,10 @@ class HeadServer:
             self.head.task_failed(worker_id, task_id, Failure(
                 "task_error", f"worker {worker_id} sent {len(values)} results for a task with {expected}"))
             return
-        self.head.task_done(worker_id, task_id, values)
+        self.head.task_done(worker_id, task_id, values, times)
 
     def _on_failed(self, identity, body, buffers):
         worker_id = self._peer_worker(identity)
-        task_id, failure, retryable, cancelled = body
-        self.head.task_failed(worker_id, task_id, wire.decode_failure(failure), retryable, cancelled)
+        task_id, failure, retryable, cancelled, times = body
+        times = wire.decode_times(times)
+        self.head.task_failed(worker_id, task_id, wire.decode_failure(failure), retryable, cancelled, times)
