@@ -268,3 +268,23 @@ def test_a_result_the_driver_cannot_unpickle_fails_that_ref_only(transport):
         with pytest.raises(orion.OrionError, match="cannot be unpickled here"):
             orion.get(bad, timeout=30)
         assert orion.get(good, timeout=30) == 2
+
+
+def test_a_flood_of_connections_does_not_stop_the_head_serving_others(cluster):
+    cluster.start_head()
+    node_id = cluster.node_id("conns")
+    cluster.start_node(node_id, num_workers=2)
+    cluster.wait_registered([node_id])
+    hogs = []
+    try:
+        for i in range(300):  # idle, half-open and half-handshaken connections from one peer
+            raw = socket.create_connection(("127.0.0.1", cluster.port), timeout=10)
+            if i % 2:
+                raw.sendall(b"\xff" + b"\x00" * 8)
+            hogs.append(raw)
+        orion.init(address=cluster.address)
+        assert orion.get([add_one.remote(i) for i in range(200)], timeout=60) == list(range(1, 201))
+        assert run_orion("status", "--address", cluster.address).returncode == 0
+    finally:
+        for raw in hogs:
+            raw.close()
