@@ -766,6 +766,22 @@ def test_node_reregistering_while_alive_loses_its_old_incarnation():
     assert s.handle(WorkerJoined("w1", "n1")) == [Dispatch(a, "w1", "n1")]
 
 
+def test_node_lost_retries_in_worker_join_order_whatever_the_hash_seed():
+    # Workers are kept in join order, not in a set of strings whose order would
+    # change with PYTHONHASHSEED (and make a failing run unreproducible).
+    s = make({"n1": ({"CPU": 3.0}, ["w1", "w2", "w3"]), "n2": ({"CPU": 1.0}, [])})
+    a, b, c = spec("a"), spec("b"), spec("c")
+    assert submit(s, a) == [Dispatch(a, "w3", "n1")]  # idle workers are a stack
+    assert submit(s, b) == [Dispatch(b, "w2", "n1")]
+    assert submit(s, c) == [Dispatch(c, "w1", "n1")]
+    assert s.handle(NodeLost("n1", "gone")) == [
+        Retry("c", 2, "node n1 lost (gone) while worker w1 ran it"),
+        Retry("b", 2, "node n1 lost (gone) while worker w2 ran it"),
+        Retry("a", 2, "node n1 lost (gone) while worker w3 ran it"),
+        StartWorker("n2")]
+    assert s.handle(WorkerJoined("w4", "n2")) == [Dispatch(c, "w4", "n2")]
+
+
 def test_node_lost_with_a_blocked_worker():
     s = make({"n1": ({"CPU": 1.0}, ["w1"]), "n2": ({"CPU": 1.0}, ["w2"])})
     a = spec("a")

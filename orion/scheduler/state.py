@@ -79,7 +79,10 @@ class _Node:
         self.total = dict(resources)
         self.available = dict(resources)
         self.base_workers = base_workers
-        self.workers = set()
+        # Worker ids in join order (a dict as an ordered set): iterating a set of
+        # strings would depend on PYTHONHASHSEED, and so would pipelining's choice
+        # of worker and the order a lost node's tasks are retried in.
+        self.workers = {}
         self.idle = []  # idle worker ids, used as a stack (warm workers first)
         self.starting = base_workers  # workers the node is starting on its own
         self.alive = True
@@ -105,7 +108,7 @@ class _Node:
 
 
 class _Worker:
-    __slots__ = ("worker_id", "node_id", "task_id", "next_id", "blocked")
+    __slots__ = ("worker_id", "node_id", "task_id", "next_id", "blocked", "sent_back")
 
     def __init__(self, worker_id, node_id):
         self.worker_id = worker_id
@@ -113,6 +116,10 @@ class _Worker:
         self.task_id = None
         self.next_id = None  # an ASSIGNED task queued behind task_id (pipelining)
         self.blocked = False
+        # It sent a queued task back (TaskRejected): its task waits in get, maybe
+        # not reported yet (the worker rejects just before it reports blocked).
+        # Queue nothing behind it until it unblocks or its task ends.
+        self.sent_back = False
 
 
 class Scheduler:
@@ -316,7 +323,7 @@ class Scheduler:
             self._out.append(cmd.StopWorker(event.worker_id))
             return
         self._workers[event.worker_id] = _Worker(event.worker_id, event.node_id)
-        node.workers.add(event.worker_id)
+        node.workers[event.worker_id] = None
         node.idle.append(event.worker_id)
         if node.starting:
             node.starting -= 1
@@ -347,6 +354,7 @@ class Scheduler:
         if worker is None or not worker.blocked:
             return
         worker.blocked = False
+        worker.sent_back = False
         node = self._nodes[worker.node_id]
         node.blocked -= 1
         # Take the resources back even past the node's total (a short
@@ -377,6 +385,7 @@ class Scheduler:
         if task is None or task.state != ASSIGNED or worker is None or worker.next_id != event.task_id:
             return
         worker.next_id = None
+        worker.sent_back = True
         self._requeue_assigned(task)
         self._schedule()
 
@@ -494,7 +503,7 @@ class Scheduler:
             for worker_id in node.workers:
                 worker = self._workers[worker_id]
                 if worker.task_id is not None and worker.next_id is None and not worker.blocked \
-                        and self._tasks[worker.task_id].spec.demand == demand:
+                        and not worker.sent_back and self._tasks[worker.task_id].spec.demand == demand:
                     return worker
         return None
 
@@ -525,6 +534,7 @@ class Scheduler:
             node.release(task.spec.demand)
         worker.task_id = None
         worker.blocked = False
+        worker.sent_back = False
         if worker.next_id is not None:
             # The task queued behind it starts now on the worker: it takes over
             # the resources (same demand) without a round trip.
@@ -549,13 +559,13 @@ class Scheduler:
             return
         while node.idle and len(node.workers) > node.base_workers and not node.blocked:
             retired = node.idle.pop(0)
-            node.workers.discard(retired)
+            del node.workers[retired]
             del self._workers[retired]
             self._out.append(cmd.StopWorker(retired))
 
     def _lose_worker(self, worker, node, reason):
         del self._workers[worker.worker_id]
-        node.workers.discard(worker.worker_id)
+        node.workers.pop(worker.worker_id, None)
         if worker.worker_id in node.idle:
             node.idle.remove(worker.worker_id)
         if worker.next_id is not None:
