@@ -24,6 +24,10 @@ ROWS = [
     ("round_trip_p99_us", "submit-and-get round trip, p99 (us)", False),
     ("chain_tasks_per_s", "1,000-task chain (tasks/s)", True),
     ("tree_tasks_per_s", "4,096-leaf tree reduction (tasks/s)", True),
+    ("nested_tasks_per_s", "100 parents x 10 nested children (tasks/s)", True),
+    ("results_100kb_mb_per_s", "1,000 x 100 KB results (MB/s)", True),
+    ("cpu_bound_speedup", "2N CPU-bound 0.25 s tasks (speedup of N)", True),
+    ("peak_memory_mb", "peak memory, process tree, 10k no-op (MB)", False),
 ]
 
 
@@ -65,9 +69,13 @@ def main(argv=None):
     print(header)
     for key, label, higher_is_better in ROWS:
         line = f"{label:42}"
-        base = statistics.median(r[key] for r in results[baseline]) if baseline in results else None
+        base_values = [r[key] for r in results.get(baseline, []) if key in r]
+        base = statistics.median(base_values) if base_values else None
         for system in systems:
-            values = [r[key] for r in results[system]]
+            values = [r[key] for r in results[system] if key in r]
+            if not values:
+                line += f"{'n/a':>28}"
+                continue
             median = statistics.median(values)
             ratio = ""
             if base:

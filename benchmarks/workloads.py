@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
+import threading
 import time
 
 NOOP_TASKS = 10_000
@@ -35,6 +37,60 @@ def one():
     return 1
 
 
+def payload_100kb(i):
+    return bytes(100 * 1024)
+
+
+def spin(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return seconds
+
+
+def parent(n_children):
+    """Submit children from inside a task and wait for them (dynamic graph)."""
+    system = _SYSTEM
+    return sum(system.get([system.submit(system.one) for _ in range(n_children)]))
+
+
+_SYSTEM = None  # the system under test, for tasks that submit tasks (set in each process)
+
+
+def tree_rss_mb(root_pid):
+    """Resident memory of a process and all its descendants (from /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    total, stack = 0, [root_pid]
+    while stack:
+        pid = stack.pop()
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += int(f.read().split("VmRSS:")[1].split()[0])
+        except (OSError, IndexError):
+            pass
+        stack.extend(children.get(pid, []))
+    return total / 1024
+
+
+class PeakMemory(threading.Thread):
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak = 0.0
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.wait(0.05):
+            self.peak = max(self.peak, tree_rss_mb(os.getpid()))
+
+
 class Orion:
     def __init__(self, transport, workers):
         import orion
@@ -46,6 +102,9 @@ class Orion:
         self.inc = orion.remote(inc)
         self.add = orion.remote(add)
         self.one = orion.remote(one)
+        self.payload = orion.remote(payload_100kb)
+        self.spin = orion.remote(spin)
+        self.parent = orion.remote(parent)
         self.get = orion.get
         self.put = orion.put
 
@@ -67,6 +126,9 @@ class Ray:
         self.inc = ray.remote(inc)
         self.add = ray.remote(add)
         self.one = ray.remote(one)
+        self.payload = ray.remote(payload_100kb)
+        self.spin = ray.remote(spin)
+        self.parent = ray.remote(parent)
         self.get = ray.get
         self.put = ray.put
 
@@ -86,6 +148,7 @@ class Dask:
                                     dashboard_address=None)
         self.client = Client(self.cluster)
         self.noop, self.inc, self.add, self.one = noop, inc, add, one
+        self.payload, self.spin, self.parent = payload_100kb, spin, None  # no nested tasks here
         self.get = self.client.gather
         self.put = lambda value: self.client.scatter(value)
 
@@ -106,7 +169,10 @@ SYSTEMS = {
 
 
 def measure(system_name, workers):
-    s = SYSTEMS[system_name](workers)
+    global _SYSTEM
+    memory = PeakMemory()
+    memory.start()
+    s = _SYSTEM = SYSTEMS[system_name](workers)
     results = {}
     s.get(s.submit(s.one))
     results["cold_start_s"] = time.perf_counter() - s.start
@@ -114,6 +180,9 @@ def measure(system_name, workers):
     t = time.perf_counter()
     s.get([s.submit(s.noop) for _ in range(NOOP_TASKS)])
     results["noop_tasks_per_s"] = NOOP_TASKS / (time.perf_counter() - t)
+    memory.stop.set()
+    memory.join()
+    results["peak_memory_mb"] = memory.peak
 
     samples = []
     for _ in range(ROUND_TRIPS):
@@ -139,6 +208,20 @@ def measure(system_name, workers):
         tasks += len(level)
     assert s.get(level[0]) == TREE_LEAVES
     results["tree_tasks_per_s"] = tasks / (time.perf_counter() - t)
+
+    if s.parent is not None:
+        t = time.perf_counter()
+        assert sum(s.get([s.submit(s.parent, 10) for _ in range(100)])) == 1000
+        results["nested_tasks_per_s"] = 1100 / (time.perf_counter() - t)
+
+    t = time.perf_counter()
+    values = s.get([s.submit(s.payload, i) for i in range(1000)])
+    assert sum(len(v) for v in values) == 1000 * 100 * 1024
+    results["results_100kb_mb_per_s"] = 100 * 1024 * 1000 / 2**20 / (time.perf_counter() - t)
+
+    t = time.perf_counter()
+    s.get([s.submit(s.spin, 0.25) for _ in range(2 * workers)])
+    results["cpu_bound_speedup"] = 2 * workers * 0.25 / (time.perf_counter() - t)
     s.close()
     return results
 

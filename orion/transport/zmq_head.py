@@ -199,7 +199,8 @@ class HeadServer:
         self._bad_messages = 0
         self._handlers = {
             "hello": self._on_hello, "goodbye": self._on_goodbye, "heartbeat": self._on_heartbeat,
-            "register": self._on_register, "worker_died": self._on_worker_died, "submit": self._on_submit,
+            "register": self._on_register, "worker_died": self._on_worker_died,
+            "worker_ready": self._on_worker_ready, "submit": self._on_submit,
             "put": self._on_put, "subscribe": self._on_subscribe, "cancel": self._on_cancel,
             "release": self._on_release, "nodes": self._on_nodes, "blocked": self._on_blocked,
             "unblocked": self._on_unblocked, "rejected": self._on_rejected, "done": self._on_done,
@@ -475,6 +476,12 @@ class HeadServer:
             del self.nodes[node.node_id]
         else:
             self.clients.discard(identity)
+
+    def _on_worker_ready(self, identity, body, buffers):
+        node = self._peer_node(identity)
+        check(node is not None, "only a registered node reactivates workers")
+        node.last_seen = time.monotonic()
+        self._join_worker(node, body[0])
 
     def _on_worker_died(self, identity, body, buffers):
         node = self._peer_node(identity)
