@@ -184,7 +184,8 @@ def test_killed_worker_task_is_retried_and_worker_replaced(driver, tmp_path):
     assert orion.get(ref, timeout=30) in NODES
     # The node started a replacement: the head counts the original number of workers again.
     wait_for_workers(cluster)
-    wait_until(lambda: len(worker_pids(node_id)) == NODES[tag] and pid not in worker_pids(node_id), 20)
+    # (Extra workers that earlier nested tasks needed may stay alive, dormant, for reuse.)
+    wait_until(lambda: len(worker_pids(node_id)) >= NODES[tag] and pid not in worker_pids(node_id), 20)
 
 
 @pytest.mark.timeout(45)
