@@ -14,6 +14,7 @@ from .errors import OrionError
 
 _lock = threading.Lock()
 _client = None
+_services = None  # the metrics / dashboard servers init started (orion.observe)
 
 _ADDRESS = re.compile(r"^tcp://(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 
@@ -31,8 +32,10 @@ def check_address(address):
 class ClusterInfo:
     """What ``init`` returns; a context manager that calls ``shutdown``."""
 
-    def __init__(self, address):
+    def __init__(self, address, metrics_url=None, dashboard_url=None):
         self.address = address
+        self.metrics_url = metrics_url  # http://HOST:PORT/metrics with init(metrics_port=...)
+        self.dashboard_url = dashboard_url  # http://HOST:PORT/ with init(dashboard_port=...)
 
     def __enter__(self):
         return self
@@ -44,8 +47,9 @@ class ClusterInfo:
         return f"ClusterInfo(address={self.address!r})"
 
 
-def init(address=None, *, num_workers=None, transport="zmq", resources=None, keys=None, **settings):
-    global _client
+def init(address=None, *, num_workers=None, transport="zmq", resources=None, keys=None, log_to_driver=True,
+         **settings):
+    global _client, _services
     if transport not in ("zmq", "inproc"):
         raise ValueError(f"transport must be 'zmq' or 'inproc', got {transport!r}")
     if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
@@ -62,6 +66,7 @@ def init(address=None, *, num_workers=None, transport="zmq", resources=None, key
         address = os.environ.get("ORION_ADDRESS") or None
     if address is not None:
         check_address(address)
+    observe = _observe_settings(settings, address)
     with _lock:
         if _client is not None:
             raise RuntimeError("orion.init was already called; call orion.shutdown() first")
@@ -73,21 +78,66 @@ def init(address=None, *, num_workers=None, transport="zmq", resources=None, key
         elif address is not None:
             from .transport.zmq_client import connect
 
-            client = connect(address, keys=security.load(keys), **settings)
+            client = connect(address, keys=security.load(keys), log_to_driver=bool(log_to_driver), **settings)
         else:
             from .transport.embedded import start_embedded
 
-            client = start_embedded(workers, resources, keys=security.load(keys), **settings)
-        _client = client
-    return ClusterInfo(client.address)
+            client = start_embedded(workers, resources, keys=security.load(keys),
+                                    log_to_driver=bool(log_to_driver), **settings)
+        services = _start_services(client, observe)
+        _client, _services = client, services
+    return ClusterInfo(client.address, services and services.metrics_url, services and services.dashboard_url)
+
+
+def _observe_settings(settings, address):
+    """``metrics_port``, ``dashboard_port`` (and their ``*_host``) out of ``settings``."""
+    from .observe import split_settings
+
+    observe = split_settings(settings)
+    if address is not None and any(observe.get(k) is not None for k in ("metrics_port", "dashboard_port")):
+        raise ValueError("metrics_port and dashboard_port serve a cluster that init starts; a running head "
+                         "takes them as `orion head --metrics-port/--dashboard-port`")
+    return observe
+
+
+def _start_services(client, observe):
+    if observe.get("metrics_port") is None and observe.get("dashboard_port") is None:
+        return None
+    from .observe import Services
+    from .observe.state import HeadView
+
+    try:
+        server = getattr(client, "server", None)
+        view = HeadView.for_server(server) if server is not None else HeadView.for_inproc(client.runtime)
+        services = Services(view, **observe)
+    except BaseException:
+        client.shutdown()
+        raise
+    services.warn_if_exposed()
+    return services
 
 
 def shutdown():
-    global _client
+    global _client, _services
     with _lock:
         client, _client = _client, None
+        services, _services = _services, None
+    if services is not None:
+        services.stop()
     if client is not None:
         client.shutdown()
+
+
+def timeline(path=None):
+    """Every task the cluster ran (the last 100,000), as a Chrome trace: open the
+    file in Perfetto (ui.perfetto.dev) or chrome://tracing. Writes ``path`` and
+    returns it; with no path, returns the trace (a dict)."""
+    from .observe.timeline import chrome_trace, write_trace
+
+    records = _current_client().timeline_records()
+    if path is None:
+        return chrome_trace(records)
+    return write_trace(records, path)
 
 
 def is_initialized():
@@ -107,8 +157,16 @@ def _install_client(client):
     _client = client
 
 
-def get(refs, *, timeout=None):
-    return _current_client().get(refs, timeout)
+def get(refs, *, timeout=None, progress=False):
+    return _current_client().get(refs, timeout, progress)
+
+
+def progress(refs, *, desc=None, timeout=None):
+    """Yield the values of ``refs`` as their tasks finish, in completion order,
+    with a progress bar (done/total, rate, ETA) when stderr is a terminal."""
+    from .progress_bar import as_completed
+
+    return as_completed(_current_client(), refs, desc=desc, timeout=timeout)
 
 
 def wait(refs, *, num_returns=1, timeout=None):

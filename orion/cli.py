@@ -58,14 +58,41 @@ def cmd_head(args):
     except Exception as exc:  # port in use, bad host...
         print(f"orion head: cannot bind tcp://{args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    services = _start_head_services(server, args)
+    if services is None:
+        return 1
     stopper.attach(server)
     print(server.address, flush=True)
     _log_to_stdout()
     logging.getLogger("orion.head").info("head %s listening on %s (heartbeat %.2f s x %d)", server.head_id,
                                          server.address, server.interval, server.liveness)
-    server.serve()  # returns once a signal called stop
+    if services.metrics_url:
+        logging.getLogger("orion.head").info("Prometheus metrics on %s", services.metrics_url)
+    if services.dashboard_url:
+        logging.getLogger("orion.head").info("dashboard on %s", services.dashboard_url)
+    services.warn_if_exposed()
+    try:
+        server.serve()  # returns once a signal called stop
+    finally:
+        services.stop()
     logging.getLogger("orion.head").info("head stopped")
     return 0
+
+
+def _start_head_services(server, args):
+    """The metrics and dashboard servers asked for; None (after closing the head) if
+    one cannot bind."""
+    from .observe import Services
+    from .observe.state import HeadView
+
+    try:
+        return Services(HeadView.for_server(server), metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                        dashboard_port=args.dashboard_port, dashboard_host=args.dashboard_host)
+    except (OSError, ValueError, ImportError) as exc:
+        print(f"orion head: cannot serve metrics/dashboard: {exc}", file=sys.stderr)
+        server.stop()
+        server.serve()  # returns at once: closes the head's sockets
+        return None
 
 
 def cmd_worker(args):
@@ -99,8 +126,9 @@ def cmd_worker(args):
     return 0
 
 
-def query_nodes(address, timeout=3.0, keys=None):
-    """Ask the head at ``address`` for its node table; None if it does not answer."""
+def query_nodes(address, timeout=3.0, keys=None, request="nodes"):
+    """Ask the head at ``address`` for its node table (or, with ``request="status"``,
+    its status: nodes, task counts, object store); None if it does not answer."""
     import zmq
 
     from .transport import protocol
@@ -112,7 +140,7 @@ def query_nodes(address, timeout=3.0, keys=None):
         keys.as_client(sock)
     try:
         sock.connect(address)
-        sock.send_multipart(protocol.encode("nodes", [1]))
+        sock.send_multipart(protocol.encode(request, [1]))
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -122,7 +150,7 @@ def query_nodes(address, timeout=3.0, keys=None):
                 msg_type, body, _ = protocol.decode(sock.recv_multipart())
             except protocol.ProtocolError:
                 continue
-            if msg_type == "nodes_reply":
+            if msg_type == request + "_reply":
                 return body[1]
     finally:
         sock.close(linger=0)
@@ -133,8 +161,18 @@ def _fmt(amount):
     return f"{amount:g}"
 
 
-def format_status(nodes):
-    rows = [("NODE", "ADDRESS", "ALIVE", "CPU USED/TOTAL", "RUNNING", "OTHER RESOURCES", "HEARTBEAT AGE")]
+def _fmt_bytes(count):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+
+
+def format_status(nodes, status=None):
+    """The node table and totals; ``status`` (the head's ``status`` reply) adds the
+    cluster-wide queue and the object store."""
+    rows = [("NODE", "ADDRESS", "ALIVE", "CPU USED/TOTAL", "RUNNING", "QUEUED", "OTHER RESOURCES",
+             "HEARTBEAT AGE")]
     totals_used, totals_all, running = {}, {}, 0
     for node in nodes:
         total, free = node["resources"], node["available"]
@@ -143,7 +181,7 @@ def format_status(nodes):
         age = node.get("heartbeat_age")
         rows.append((node["node_id"], str(node["address"]), "yes" if node["alive"] else "no",
                      f"{_fmt(used.get('CPU', 0))}/{_fmt(total.get('CPU', 0))}", str(node["running"]),
-                     other or "-", "-" if age is None else f"{age:.1f}s"))
+                     str(node.get("queued", 0)), other or "-", "-" if age is None else f"{age:.1f}s"))
         if node["alive"]:
             running += node["running"]
             for k, v in total.items():
@@ -153,7 +191,12 @@ def format_status(nodes):
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     alive = sum(1 for n in nodes if n["alive"])
     totals = ", ".join(f"{k} {_fmt(totals_used.get(k, 0))}/{_fmt(v)}" for k, v in totals_all.items()) or "CPU 0/0"
-    lines.append(f"total: {alive} alive node(s) of {len(nodes)}, {totals} used, {running} task(s) running")
+    total = f"total: {alive} alive node(s) of {len(nodes)}, {totals} used, {running} task(s) running"
+    if status is not None:
+        total += (f", {status['queued']} queued ({status['waiting_for_inputs']} more waiting for inputs), "
+                  f"object store {_fmt_bytes(status['object_store_bytes'])} in {status['object_store_objects']} "
+                  f"object(s)")
+    lines.append(total)
     return "\n".join(lines)
 
 
@@ -167,17 +210,35 @@ def cmd_status(args):
     except ValueError as exc:
         print(f"orion status: {exc}", file=sys.stderr)
         return 2
-    nodes = query_nodes(address, args.timeout, keys)
-    if nodes is None:
+    if args.watch is not None and args.watch <= 0:
+        print(f"orion status: --watch takes a positive number of seconds, got {args.watch:g}", file=sys.stderr)
+        return 2
+    status = query_nodes(address, args.timeout, keys, request="status")
+    if status is None:
         print(f"orion status: no Orion head answered at {address} within {args.timeout:g} s "
               "(is `orion head` running there?)", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps({"address": address, "nodes": nodes}, indent=2))
-    else:
-        print(f"head: {address}")
-        print(format_status(nodes))
-    return 0
+    if args.watch is None:
+        print(_status_text(address, status, args.json))
+        return 0
+    try:  # redraw in place until Ctrl-C
+        while True:
+            text = _status_text(address, status, args.json) if status is not None else (
+                f"orion status: no Orion head answered at {address} within {args.timeout:g} s; retrying")
+            sys.stdout.write(f"\033[H\033[2J{text}\n\nevery {args.watch:g} s; "
+                             f"{time.strftime('%H:%M:%S')}; Ctrl-C to stop\n")
+            sys.stdout.flush()
+            time.sleep(args.watch)
+            status = query_nodes(address, args.timeout, keys, request="status")
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return 0
+
+
+def _status_text(address, status, as_json):
+    if as_json:
+        return json.dumps({"address": address, **status}, indent=2)
+    return f"head: {address}\n{format_status(status['nodes'], status)}"
 
 
 def cmd_keygen(args):
@@ -219,6 +280,12 @@ def build_parser():
     head.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     head.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to bind (default {DEFAULT_PORT})")
     head.add_argument("--policy", default="least_loaded", choices=["least_loaded", "round_robin"])
+    head.add_argument("--metrics-port", type=int, default=None,
+                      help="serve Prometheus metrics on this port (http://HOST:PORT/metrics; default off)")
+    head.add_argument("--metrics-host", default="127.0.0.1", help="address for the metrics (default loopback)")
+    head.add_argument("--dashboard-port", type=int, default=None,
+                      help="serve the web dashboard on this port (default off)")
+    head.add_argument("--dashboard-host", default="127.0.0.1", help="address for the dashboard (default loopback)")
     heartbeat_flags(head)
     head.set_defaults(run=cmd_head)
 
@@ -237,6 +304,8 @@ def build_parser():
                                                         f"or tcp://127.0.0.1:{DEFAULT_PORT})")
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
     status.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the head")
+    status.add_argument("--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS",
+                        help="redraw every SECONDS (default 2) until Ctrl-C")
     status.set_defaults(run=cmd_status)
 
     demo = sub.add_parser("demo", help="run a demo map-reduce DAG on an embedded cluster")

@@ -47,8 +47,16 @@ def run_demo(transport="zmq", num_workers=None, size=256):
     info = orion.init(transport=transport, num_workers=num_workers)
     started = time.perf_counter()
     try:
-        chunks = [generate.remote(seed) for seed in range(size)]
-        summaries = [summarize.remote(chunk) for chunk in chunks]
+        where = "an embedded cluster" if transport == "zmq" else "the in-process runtime"
+        resources = orion.cluster_resources()
+        print(f"Orion demo on {where} ({info.address or 'no sockets'}, {resources['CPU']:g} CPUs)", flush=True)
+        # Map: each chunk is generated and summarized by tasks; the bar follows
+        # the summaries as they complete (a bar only on a terminal).
+        summaries = [summarize.remote(generate.remote(seed)) for seed in range(size)]
+        for _ in orion.progress(summaries, desc="map"):
+            pass
+        mapped = time.perf_counter()
+        # Reduce: a tree of combine tasks over the summaries.
         total_ref, levels = tree_reduce(summaries)
         count, total, squares = orion.get(total_ref)
         finished = time.perf_counter()
@@ -57,17 +65,45 @@ def run_demo(transport="zmq", num_workers=None, size=256):
         # Check against the same computation done here, without the cluster.
         expected = [x for seed in range(size) for x in generate._function(seed)]
         exact_mean = sum(expected) / len(expected)
+        exact_variance = sum(x * x for x in expected) / len(expected) - exact_mean * exact_mean
+        ok = abs(mean - exact_mean) < 1e-9 and abs(variance - exact_variance) < 1e-9
         tasks = 2 * size + (size - 1)
-        resources = orion.cluster_resources()
-        print(f"Orion demo on {'an embedded cluster' if transport == 'zmq' else 'the in-process runtime'}"
-              f" ({info.address or 'no sockets'}, {resources['CPU']:g} CPUs)")
-        print(f"  DAG: {size} generate -> {size} summarize -> {size - 1} combine in a {levels}-level tree "
-              f"= {tasks} tasks over {count:,} numbers")
-        print(f"  mean {mean:.6f} (driver check {exact_mean:.6f}), variance {variance:.6f}")
-        print(f"  cluster start {started - start:.3f} s, DAG {finished - started:.3f} s "
-              f"({tasks / (finished - started):,.0f} tasks/s)")
-        ok = abs(mean - exact_mean) < 1e-9
-        print("  result: " + ("correct" if ok else "WRONG"))
+        nodes = [n for n in orion.nodes() if n["alive"]]
+        elapsed = finished - started
+        rows = [
+            ("tasks", f"{tasks:,} ({size} generate, {size} summarize, {size - 1} combine in a {levels}-level "
+                      f"tree)"),
+            ("workers", f"{resources['CPU']:g} on {len(nodes)} node(s)"),
+            ("data", f"{count:,} numbers"),
+            ("time", f"cluster start {started - start:.3f} s, map {mapped - started:.3f} s, "
+                     f"reduce {finished - mapped:.3f} s"),
+            ("throughput", f"{tasks / elapsed:,.0f} tasks/s, {count / elapsed:,.0f} numbers/s"),
+            ("mean", f"{mean:.6f} (driver check {exact_mean:.6f})"),
+            ("variance", f"{variance:.6f} (driver check {exact_variance:.6f})"),
+            ("result", "correct" if ok else "WRONG"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        print()
+        for name, value in rows:
+            print(f"  {name:<{width}}  {value}")
+        if hasattr(orion, "timeline"):
+            _write_timeline()
         return 0 if ok else 1
     finally:
         orion.shutdown()
+
+
+def _write_timeline():
+    """The tasks just run, as a Chrome trace in a temporary file (best effort)."""
+    import os
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="orion-demo-timeline-", suffix=".json")
+    os.close(fd)
+    try:
+        orion.timeline(path)
+    except Exception as exc:  # the demo's result does not depend on it
+        os.unlink(path)
+        print(f"  (no timeline: {type(exc).__name__}: {exc})")
+        return
+    print(f"\n  timeline: {path} (open it in ui.perfetto.dev or chrome://tracing)")

@@ -46,6 +46,11 @@ class ObjectStore:
     def __len__(self):
         return len(self._entries)
 
+    def entries(self):
+        """A list of the stored entries (values and ``Failed``), for sizing."""
+        with self._lock:
+            return list(self._entries.values())
+
     def put(self, object_id, entry):
         """Store ``entry`` (a value or ``Failed``) and wake whoever waits for it."""
         with self._lock:

@@ -36,19 +36,25 @@ VALID_BODIES = {
     "cancel": ["t1", True],
     "release": [["o1"]],
     "nodes": [7],
+    "status": [8],
+    "timeline": [9],
     "blocked": [],
     "unblocked": [],
     "rejected": ["t1"],
-    "done": ["t1", [[b"header", 0]]],
-    "failed": ["t1", ["task_error", "boom", None], False, False],
+    "done": ["t1", [[b"header", 0]], [1700000000.25, 1700000000.5]],
+    "failed": ["t1", ["task_error", "boom", None], False, False, [1700000000.25, 1700000000.5]],
+    "logs": [[["t1", "square", "stdout", "hello"]]],
     "register": ["n1", {"CPU": 2.0, "GPU": 1}, 2, "127.0.0.1", 4242],
     "worker_died": ["w1", "killed by signal SIGKILL"],
+    "worker_ready": ["w1"],
     "welcome": ["head", 0.5, 5],
     "registered": [1, 5],
     "reregister": [],
     "dispatch": [[DISPATCH_RECORD]],
     "objects": [[["o1", True, b"header", 1], ["o2", False, ["cancelled", "gone", None], 0]]],
     "nodes_reply": [7, [{"node_id": "n1", "alive": True}]],
+    "status_reply": [8, {"nodes": [], "tasks": {"ready": 0}, "object_store_bytes": 0}],
+    "timeline_reply": [9, [["t1", "f", "finished", "n1", "n1-w1", 1, 1.0, 1.0, 1.5, 1.6, 2.0, 2.1]]],
     "start_worker": [],
     "stop_worker": ["w1"],
     "signal_worker": ["w1", "t1", False],
@@ -221,6 +227,27 @@ def test_entries_round_trip():
     assert decoded[1][0] == "o2" and isinstance(decoded[1][1], Failed)
     assert decoded[1][1].failure.kind == "cancelled"
     assert decoded[2] == ("o3", (b"h3", []))
+
+
+def test_times_round_trip():
+    assert list(wire.decode_times([1700000000.25, 1700000000.5])) == [1700000000.25, 1700000000.5]
+    assert list(wire.decode_times([5, 5])) == [5.0, 5.0]  # ints are numbers too; an instant run is fine
+
+
+@pytest.mark.parametrize("times", [None, 5, "ab", [], [1.0], [1.0, 2.0, 3.0], [2.0, 1.0], ["1", 2.0],
+                                   [True, 2.0], [1.0, None], [float("nan"), 1.0], [1.0, float("inf")],
+                                   {"started": 1.0}])
+def test_bad_times_raise_protocol_error(times):
+    with pytest.raises(ProtocolError):
+        wire.decode_times(times)
+
+
+def test_done_and_failed_without_times_are_rejected():
+    """Version-1 peers of this release always report when they ran the task."""
+    for msg_type, body in (("done", ["t1", [[b"h", 0]]]), ("failed", ["t1", ["task_error", "m", None], False,
+                                                                           False])):
+        with pytest.raises(ProtocolError):
+            protocol.decode([pack(PROTOCOL_VERSION, msg_type, body)])
 
 
 def test_results_round_trip():
@@ -400,6 +427,7 @@ def test_wire_decoders_only_raise_protocol_error(data, buffers):
     _only_protocol_errors(wire.decode_dispatch, data, buffers)
     _only_protocol_errors(wire.decode_entries, data, buffers)
     _only_protocol_errors(wire.decode_results, data, buffers)
+    _only_protocol_errors(wire.decode_times, data)
 
 
 def _record_strategy(template):

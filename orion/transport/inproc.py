@@ -14,6 +14,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 
 import cloudpickle
 
@@ -125,15 +126,17 @@ class InprocWorker(threading.Thread):
             if item is None:
                 return
             spec, inputs, function = item
+            started = time.time()
             outcome = self._run_one(spec, inputs, function)
+            times = (started, max(started, time.time()))
             if self.abandoned:
                 return
             with runtime.lock:
                 if outcome.failure is None:
-                    runtime.head.task_done(self.worker_id, spec.task_id, outcome.values)
+                    runtime.head.task_done(self.worker_id, spec.task_id, outcome.values, times)
                 else:
                     runtime.head.task_failed(self.worker_id, spec.task_id, outcome.failure,
-                                             outcome.retryable, outcome.cancelled)
+                                             outcome.retryable, outcome.cancelled, times)
                 with self._state:  # a cancel that came after the task returned
                     self._early_interrupts.discard(spec.task_id)
 
@@ -285,8 +288,15 @@ class InprocClient(Client):
         return value
 
     def nodes(self):
+        from ..observe.state import node_table_locked
+
         with self.runtime.lock:
-            return self.runtime.head.scheduler.nodes()
+            return node_table_locked(self.runtime.head, self.runtime.head.scheduler.nodes())
+
+    def timeline_records(self):
+        self._check_open()
+        with self.runtime.lock:
+            return self.runtime.head.tasklog.records()
 
     def shutdown(self):
         if self.closed:

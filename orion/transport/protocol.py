@@ -37,15 +37,22 @@ SCHEMAS = {
     "cancel": ((_S,), (_BOOL,)),  # task id, force
     "release": ((_L,),),  # object ids
     "nodes": ((_I,),),  # request id
+    "status": ((_I,),),  # request id (orion status: nodes, task counts, object store)
+    "timeline": ((_I,),),  # request id (orion.timeline: the head's task records)
     # worker -> head
     "blocked": (),
     "rejected": ((_S,),),  # task id: a queued task sent back unstarted
     "unblocked": (),
-    "done": ((_S,), (_L,)),  # task id, results [[header, nbuf]]
-    "failed": ((_S,), (_L,), (_BOOL,), (_BOOL,)),  # task id, failure, retryable, cancelled
+    # times: [started, finished], wall-clock seconds (time.time()) of the run
+    "done": ((_S,), (_L,), (_L,)),  # task id, results [[header, nbuf]], times
+    "failed": ((_S,), (_L,), (_BOOL,), (_BOOL,), (_L,)),  # task id, failure, retryable, cancelled, times
+    # worker -> head: [[task id, task name, stream, line]]; head -> driver/worker:
+    # [[task id, worker pid, node id, task name, stream, line]] (orion.transport.logs)
+    "logs": ((_L,),),
     # node -> head
     "register": ((_S,), (_D,), (_I,), (_S,), (_I,)),  # node id, resources, workers, address, pid
     "worker_died": ((_S,), (_S,)),  # worker id, reason
+    "worker_ready": ((_S,),),  # a retired worker process the node kept is available again
     # head -> peers
     "welcome": ((_S,), (_NUM + (_N,)), (_I,)),  # head id, heartbeat interval, liveness
     "registered": ((_NUM), (_I,)),  # heartbeat interval, liveness
@@ -53,6 +60,8 @@ SCHEMAS = {
     "dispatch": ((_L,),),  # [task record for a worker]
     "objects": ((_L,),),  # [[object id, ok, header | failure, nbuf]]
     "nodes_reply": ((_I,), (_L,)),
+    "status_reply": ((_I,), (_D,)),  # request id, {nodes, tasks, queued, object_store_bytes, ...}
+    "timeline_reply": ((_I,), (_L,)),  # request id, [task record (orion.observe.tasklog.RECORD_FIELDS)]
     "start_worker": (),
     "stop_worker": ((_S,),),
     "signal_worker": ((_S,), (_S,), (_BOOL,)),  # worker id, task id, force (kill) or interrupt

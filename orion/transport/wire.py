@@ -7,6 +7,8 @@ and the drivers alike. A stored value is ``(header, buffers)`` as produced by
 """
 from __future__ import annotations
 
+import math
+
 import cloudpickle
 
 from ..head import TaskRecord
@@ -134,6 +136,19 @@ def decode_entries(items, buffers):
         else:
             result.append((object_id, Failed(decode_failure(value))))
     return result
+
+
+_TIME_TYPES = (float, int)  # not bool
+_INF = math.inf
+
+
+def decode_times(raw):
+    """``[started, finished]`` of a ``done``/``failed`` message: two finite numbers, in order."""
+    if type(raw) is list and len(raw) == 2:
+        started, finished = raw
+        if type(started) in _TIME_TYPES and type(finished) in _TIME_TYPES and -_INF < started <= finished < _INF:
+            return raw if type(started) is float and type(finished) is float else [float(started), float(finished)]
+    raise ProtocolError("times must be [started, finished], finite numbers with started <= finished")
 
 
 def decode_results(results, buffers):

@@ -30,7 +30,9 @@ from .. import api, context, execution, security, serialization
 from ..object_store import ObjectStore
 from ..scheduler.events import Failure
 from . import protocol, wire
+from .logs import decode_peer_records
 from .protocol import ProtocolError
+from .task_output import TaskOutput, install_logging
 from .wire_client import SerializingClient
 
 log = logging.getLogger("orion.worker")
@@ -47,6 +49,7 @@ class WorkerClient(SerializingClient):
 
     def _send_submit(self, specs, remote_function):
         body, frames = self._submit_message(specs, remote_function)
+        self.worker.children.update(spec.task_id for spec in specs)  # their output comes to us
         self.worker.send("submit", body, frames)
 
     def _send_put(self, object_id, value):
@@ -93,6 +96,12 @@ class Worker:
         self._in_get = False
         self._cancel_lock = threading.Lock()  # orders task start/end against interrupts
         self._early_cancels = set()  # tasks cancelled before this worker started them
+        # What the running task prints goes to its owner (see task_output); so
+        # does what its children print, which the head forwards to us.
+        self.output = TaskOutput(on_full=self._send_logs_now)
+        self.children = set()  # tasks submitted by the running task
+        self._sending_logs = False
+        self._thread_id = threading.get_ident()  # the thread that owns the socket
 
     # ---------------------------------------------------------- socket
     def send(self, msg_type, body=(), buffers=()):
@@ -116,6 +125,8 @@ class Worker:
                         self._queue.append(dispatch)
             elif msg_type == "objects":
                 self.client.store.put_many(wire.decode_entries(body[0], buffers))
+            elif msg_type == "logs":
+                self._print_forwarded(decode_peer_records(body[0]))
             elif msg_type == "error":
                 log.warning("the head says: %s", body[0])
             else:
@@ -206,6 +217,7 @@ class Worker:
     # ---------------------------------------------------------- tasks
     def _run(self, dispatch):
         task_id, name, function_id, blob, num_returns, retry_exc, args, inputs = dispatch
+        started = time.time()  # wall clock: lines up with the head's times (orion.timeline)
         self._interrupted = self._interrupt_raised = False
         cancelled = execution.Outcome(failure=Failure("cancelled", f"task {name} was cancelled"),
                                       cancelled=True)
@@ -217,6 +229,8 @@ class Worker:
         if skip:
             outcome = cancelled
         else:
+            output = self.output
+            output.start(task_id, name)
             try:
                 outcome = self._execute(name, function_id, blob, num_returns, retry_exc, args, inputs)
                 with self._cancel_lock:
@@ -225,6 +239,11 @@ class Worker:
                 with self._cancel_lock:
                     self._task_id = None
                 outcome = cancelled
+            finally:
+                if output.stop():
+                    self._send_logs()  # before the result: output is printed before get returns
+                if self.children:
+                    self.children.clear()
         self.client.store = ObjectStore()  # values fetched by this task are not kept
         if outcome.failure is None:
             frames, results = [], []
@@ -236,12 +255,12 @@ class Worker:
             except serialization.SerializationError as exc:
                 outcome = execution.Outcome(failure=execution.task_failure(exc, name))
             else:
-                self.send("done", [task_id, results], frames)
+                self.send("done", [task_id, results, [started, max(started, time.time())]], frames)
                 return
         failure = outcome.failure
         self.send("failed", [task_id, wire.encode_failure(Failure(failure.kind, failure.message,
                                                                   _pickle_payload(failure.payload))),
-                             outcome.retryable, outcome.cancelled])
+                             outcome.retryable, outcome.cancelled, [started, max(started, time.time())]])
 
     def _execute(self, name, function_id, blob, num_returns, retry_exc, args, inputs):
         try:
@@ -263,6 +282,8 @@ class Worker:
     def set_blocked(self, blocked):
         """Our task starts (True) or stops (False) waiting in get."""
         if blocked:
+            if self.output.records:
+                self._send_logs()  # what it printed so far comes before what it waits for
             self._in_get = True
             while self._queue:
                 self.send("rejected", [self._queue.popleft()[0]])
@@ -283,6 +304,48 @@ class Worker:
             except KeyboardInterrupt:
                 continue  # a cancel that arrived after its task ended
 
+    # ---------------------------------------------------------- output
+    def _send_logs(self):
+        records = self.output.take()
+        if records:
+            self.send("logs", [records])
+
+    def _send_logs_now(self):
+        """The running task printed a lot, or after a pause: send its lines now,
+        unless another thread printed them (only this thread uses the socket)."""
+        if self._sending_logs or threading.get_ident() != self._thread_id:
+            return
+        self._sending_logs = True
+        try:
+            with self.guard():  # a cancel lands after the send, not inside it
+                self._send_logs()
+        finally:
+            self._sending_logs = False
+
+    def _print_forwarded(self, records):
+        """Output of tasks this worker submitted. Lines of the running task's
+        children become its own output (they travel on to its owner); others
+        (a task that outlived the one that submitted it) go to the real streams."""
+        output = self.output
+        ours, stray = [], []
+        for task_id, pid, node_id, name, stream, line in records:
+            text = f"({name} pid={pid} node={node_id}) {line}"
+            if output.active and task_id in self.children:
+                ours.append((stream, text))
+            else:
+                stray.append((stream, text))
+        for stream, text in ours:
+            output.add(stream, [text], flush=False)
+        if ours:
+            self._send_logs()  # the task waits in get (we are on the socket's thread): pass them on now
+        for stream, text in stray:
+            target = sys.__stderr__ if stream == "stderr" else sys.__stdout__
+            try:
+                target.write(text + "\n")
+                target.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+
 
 def _pickle_payload(payload):
     if payload is None or isinstance(payload, bytes):
@@ -297,7 +360,7 @@ def _pickle_payload(payload):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     address, worker_id, node_id = argv[:3]
-    logging.basicConfig(level=logging.WARNING, format=f"[worker {worker_id}] %(levelname)s %(message)s")
+    install_logging(worker_id)  # to the current sys.stderr: tasks' logging is captured
     worker = Worker(address, worker_id, node_id)
     threading.Thread(target=worker.watch_node, name="orion-node-watch", daemon=True).start()
     signal.signal(signal.SIGINT, worker._on_sigint)
