@@ -7,6 +7,7 @@ object. ``loads`` takes the header and the frames back.
 """
 from __future__ import annotations
 
+import importlib
 import pickle
 
 import cloudpickle
@@ -53,3 +54,40 @@ def dumps_args(args, kwargs, task_name):
         for key, value in kwargs.items():
             dumps(value, f"argument {key!r} of {task_name}")
         raise
+
+
+def dumps_function(function, what="function"):
+    """Pickle a task's function for the workers.
+
+    A function defined at the top level of an importable module travels by
+    reference (module and name), with its by-value pickle as a fallback.
+    cloudpickle alone would send it by value, because ``@orion.remote`` put a
+    RemoteFunction under its name; by value, its code would lose its file name,
+    and remote tracebacks their source lines.
+    """
+    by_value = dumps(function, what)[0]
+    module = getattr(function, "__module__", None)
+    qualname = getattr(function, "__qualname__", "")
+    if module and module != "__main__" and "<locals>" not in qualname:
+        return pickle.dumps(("ref", module, qualname, by_value), protocol=5)
+    return pickle.dumps(("value", by_value), protocol=5)
+
+
+def loads_function(blob):
+    """The function that ``dumps_function`` sent (a plain pickle also works)."""
+    loaded = pickle.loads(blob)
+    if not isinstance(loaded, tuple):
+        return loaded
+    if loaded[0] == "ref":
+        _, module, qualname, by_value = loaded
+        try:
+            target = importlib.import_module(module)
+            for part in qualname.split("."):
+                target = getattr(target, part)
+            target = getattr(target, "_function", target)  # the RemoteFunction's body
+            if callable(target):
+                return target
+        except Exception:  # not importable here: use the copy that came by value
+            pass
+        return pickle.loads(by_value)
+    return pickle.loads(loaded[1])

@@ -29,7 +29,8 @@ class SerializingClient(Client):
         with self._functions_lock:
             if function_id in self._sent_functions:
                 return []
-            blob = serialization.dumps(remote_function._function, f"function {remote_function._default_name}")[0]
+            blob = serialization.dumps_function(remote_function._function,
+                                                f"function {remote_function._default_name}")
             self._sent_functions.add(function_id)
             return [[function_id, blob]]
 

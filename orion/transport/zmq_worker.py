@@ -268,7 +268,7 @@ class Worker:
             if function is None:
                 if blob is None:
                     raise RuntimeError(f"function {function_id} was never sent to this worker")
-                function = self.functions[function_id] = cloudpickle.loads(blob)
+                function = self.functions[function_id] = serialization.loads_function(blob)
             if isinstance(retry_exc, bytes):
                 retry_exc = cloudpickle.loads(retry_exc)
             call_args, call_kwargs = serialization.loads(*args)
