@@ -7,6 +7,7 @@ Subclasses say how specs reach the head and how values reach the local store
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import threading
@@ -14,7 +15,7 @@ import threading
 from . import context, ids
 from .errors import GetTimeoutError, OrionError, failure_to_error
 from .head import TaskRecord
-from .object_ref import ObjectRef
+from .object_ref import LIFETIMES, ObjectRef
 from .object_store import Failed
 from .scheduler.events import TaskSpec
 
@@ -54,6 +55,9 @@ class Client:
         self._future_lock = threading.Lock()
         self._unfinished_count = 0
         self._room = threading.Condition()
+        ids.reseed()  # ids of an earlier client in this process must not look like ours
+        self._prefix = ids.prefix()  # ids with it are ours: results of our tasks, our puts
+        self._dropped = set()  # released before they arrived: not to be stored
 
     # ------------------------------------------------------ transport hooks
     def _send_submit(self, specs, functions):
@@ -102,6 +106,8 @@ class Client:
     # ------------------------------------------------------------------ API
     def submit(self, remote_function, args, kwargs, options):
         self._check_open()
+        if LIFETIMES.released:
+            self._flush_releases()
         deps = []
         for value in args:
             if type(value) is ObjectRef:
@@ -115,8 +121,12 @@ class Client:
         task_id = ids.new_task_id()
         return_ids = ids.return_ids(task_id, options.num_returns)
         name = options.name or remote_function._default_name
-        record = TaskRecord(remote_function._function_id, self._encode_args(args, kwargs, name),
-                            options.num_returns, options.retry_exceptions, self.peer_id)
+        with LIFETIMES.recording() as pickled:
+            encoded = self._encode_args(args, kwargs, name)
+        if pickled:
+            self._note_escapes(pickled, args, kwargs)
+        record = TaskRecord(remote_function._function_id, encoded, options.num_returns, options.retry_exceptions,
+                            self.peer_id)
         spec = TaskSpec(task_id, return_ids, tuple(deps), options.demand, options.max_retries, name, record,
                         context.current.worker is not None)
         with self._guard():
@@ -129,6 +139,8 @@ class Client:
         self._check_open()
         if isinstance(value, ObjectRef):
             raise TypeError("orion.put of an ObjectRef is not allowed; pass the ref itself")
+        if LIFETIMES.released:
+            self._flush_releases()
         object_id = ids.new_put_id()
         encoded = self._encode_value(value)
         with self._guard():
@@ -139,6 +151,8 @@ class Client:
         timeout = _check_timeout(timeout)
         ref_list, single = _as_ref_list(refs, "get")
         self._check_open()
+        if LIFETIMES.released:
+            self._flush_releases()
         object_ids = [r.id for r in ref_list]
         if progress:
             from .progress_bar import wait_with_bar
@@ -189,7 +203,7 @@ class Client:
         future = concurrent.futures.Future()
         future.set_running_or_notify_cancel()
 
-        def complete(object_id):
+        def complete(object_id, _keep_alive=ref):  # (the ref keeps the object from being released)
             # Runs under the store's lock: finish the future elsewhere, since
             # its done-callbacks are user code.
             self._future_executor().submit(self._complete_future, future, object_id)
@@ -212,6 +226,48 @@ class Client:
             self._unfinished_count -= count
             if self._unfinished_count < self.max_unfinished:
                 self._room.notify_all()
+
+    # ------------------------------------------------------- ref lifetimes
+    @staticmethod
+    def _note_escapes(pickled, args, kwargs):
+        """Refs pickled into the arguments other than as top-level dependencies
+        may live on in the task: never release those objects."""
+        extra = collections.Counter(pickled)
+        for value in args:
+            if type(value) is ObjectRef:
+                extra[value.id] -= 1
+        for value in kwargs.values():
+            if type(value) is ObjectRef:
+                extra[value.id] -= 1
+        LIFETIMES.escaped.update(object_id for object_id, count in extra.items() if count > 0)
+
+    def _flush_releases(self):
+        """Objects of ours that no ObjectRef in this process names any more (and
+        that never escaped into a value): free them here and at the head."""
+        released, escaped, prefix = LIFETIMES.released, LIFETIMES.escaped, self._prefix
+        freed = []
+        while released:
+            try:
+                object_id = released.popleft()
+            except IndexError:
+                break
+            if object_id.startswith(prefix) and object_id not in escaped:
+                freed.append(object_id)
+        if freed:
+            self._release_local(freed)
+            with self._guard():
+                self._send_release(freed)
+
+    def _release_local(self, object_ids):
+        store, dropped = self.store, self._dropped
+        for object_id in object_ids:
+            if object_id in store:
+                store.delete(object_id)
+            else:
+                dropped.add(object_id)  # not arrived yet: drop it when it does
+
+    def _send_release(self, object_ids):
+        """Tell the head these objects may be freed (once no task needs them)."""
 
     def _check_open(self):
         if self.closed:

@@ -1,5 +1,64 @@
-"""``ObjectRef``: a handle to a value that a task will produce (or ``put`` stored)."""
+"""``ObjectRef``: a handle to a value that a task will produce (or ``put`` stored).
+
+Within a process there is one ``ObjectRef`` instance per object id (copies,
+unpickled ones included, are the same instance), so the death of that
+instance means the process can no longer name the object. ``LIFETIMES``
+notes those deaths (from a weakref callback: no locks, no allocation beyond
+a deque append) and which ids were pickled into values that may live
+elsewhere; the client turns the deaths into batched releases that free the
+object at the head and locally (see ``Client._flush_releases``).
+"""
 from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import weakref
+
+
+class _Lifetimes:
+    def __init__(self):
+        self._live = {}  # object id -> weakref to its one ObjectRef instance
+        self._lock = threading.Lock()
+        self.released = collections.deque()  # ids whose ObjectRef died (not yet handled)
+        self.escaped = set()  # ids pickled into values or nested arguments: never released
+        self._recording = threading.local()
+
+    def instance(self, cls, object_id):
+        with self._lock:
+            ref = self._live.get(object_id)
+            obj = ref() if ref is not None else None
+            if obj is None:
+                obj = object.__new__(cls)
+                obj.id = object_id
+                self._live[object_id] = weakref.ref(obj, lambda ref, oid=object_id: self._died(oid, ref))
+            return obj
+
+    def _died(self, object_id, ref):
+        # A weakref callback: runs at any moment, on any thread, so it takes no
+        # lock (the dict and deque operations are atomic).
+        if self._live.get(object_id) is ref:
+            self._live.pop(object_id, None)
+            self.released.append(object_id)
+
+    def pickled(self, object_id):
+        recorder = getattr(self._recording, "ids", None)
+        if recorder is not None:
+            recorder.append(object_id)
+        else:
+            self.escaped.add(object_id)
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Collect the ids pickled meanwhile on this thread instead of marking them escaped."""
+        ids = self._recording.ids = []
+        try:
+            yield ids
+        finally:
+            self._recording.ids = None
+
+
+LIFETIMES = _Lifetimes()
 
 
 class ObjectRef:
@@ -7,8 +66,12 @@ class ObjectRef:
 
     __slots__ = ("id", "__weakref__")
 
+    def __new__(cls, object_id):
+        obj = LIFETIMES.instance(cls, object_id)
+        return obj
+
     def __init__(self, object_id):
-        self.id = object_id
+        pass  # set once, by __new__ (the instance may be an existing one)
 
     def __eq__(self, other):
         return isinstance(other, ObjectRef) and other.id == self.id
@@ -20,6 +83,7 @@ class ObjectRef:
         return f"ObjectRef({self.id})"
 
     def __reduce__(self):
+        LIFETIMES.pickled(self.id)
         return ObjectRef, (self.id,)
 
     def future(self):

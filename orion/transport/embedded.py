@@ -12,7 +12,6 @@ import os
 import sys
 import uuid
 
-from .. import ids
 from ..errors import OrionError
 from ..log_printer import LogPrinter
 from ..object_store import ObjectStore
@@ -24,8 +23,6 @@ from .zmq_node import NodeAgent
 class EmbeddedClient(SerializingClient):
     def __init__(self, server, node, log_to_driver=True):
         super().__init__(ObjectStore())
-        ids.reseed()  # ids of an earlier client in this process must not look like ours
-        self._prefix = ids.prefix()
         self.server = server
         self.node = node
         self.head = server.head
@@ -40,7 +37,10 @@ class EmbeddedClient(SerializingClient):
 
     def put_entry(self, object_id, entry):
         """The head delivers a value or failure (under the server lock)."""
-        self.store.put(object_id, entry)
+        if object_id in self._dropped:  # released before it arrived
+            self._dropped.discard(object_id)
+        else:
+            self.store.put(object_id, entry)
         if object_id.endswith("0001") and object_id.startswith(self._prefix):
             self._settle()  # one of our tasks is done (its first return arrived)
 
@@ -64,6 +64,10 @@ class EmbeddedClient(SerializingClient):
         if wanted:
             with self.server.lock:
                 self.head.subscribe(self.peer_id, wanted)
+
+    def _send_release(self, object_ids):
+        with self.server.lock:
+            self.head.release(object_ids)
 
     def _send_cancel(self, task_id, force):
         with self.server.lock:

@@ -272,6 +272,13 @@ class InprocClient(Client):
             else:
                 self.runtime.head.worker_unblocked(worker_id)
 
+    def _release_local(self, object_ids):
+        pass  # the store is the head's: the head frees them once no task needs them
+
+    def _send_release(self, object_ids):
+        with self.runtime.lock:
+            self.runtime.head.release(object_ids)
+
     def _send_cancel(self, task_id, force):
         with self.runtime.lock:
             self.runtime.head.cancel(task_id, force)

@@ -39,12 +39,10 @@ class ZmqClient(SerializingClient):
         from ..object_store import ObjectStore
 
         super().__init__(ObjectStore())
-        ids.reseed()  # ids of an earlier client in this process must not look like ours
         self.address = address
         self._keys = keys
         self._log_printer = LogPrinter() if log_to_driver else None  # workers' output, printed here
         self.peer_id = "c:" + uuid.uuid4().hex[:16]
-        self._prefix = ids.prefix()
         self.context = zmq.Context()
         self._outbox = collections.deque()
         self._wake_pending = False
@@ -103,6 +101,9 @@ class ZmqClient(SerializingClient):
 
     def _send_cancel(self, task_id, force):
         self._post(("cancel", [task_id, force], ()))
+
+    def _send_release(self, object_ids):
+        self._post(("release", [object_ids], ()))
 
     def nodes(self):
         return self._ask("nodes", 10)
@@ -219,6 +220,11 @@ class ZmqClient(SerializingClient):
                             self._wanted.discard(object_id)
                     if settled:
                         self._settle(settled)
+                    dropped = self._dropped
+                    if dropped:  # released before they arrived
+                        kept = [(i, e) for i, e in entries if i not in dropped]
+                        dropped.difference_update(i for i, _ in entries)
+                        entries = kept
                     self.store.put_many(entries)
                 elif msg_type == "welcome":
                     self._heartbeat_interval = body[1]

@@ -66,6 +66,9 @@ class WorkerClient(SerializingClient):
     def _send_cancel(self, task_id, force):
         self.worker.send("cancel", [task_id, force])
 
+    def _send_release(self, object_ids):
+        self.worker.send("release", [object_ids])
+
     def nodes(self):
         self.worker.send("nodes", [0])
         return self.worker.wait_reply("nodes_reply")
