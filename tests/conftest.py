@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import helpers_cluster
 import orion
 
 # Every API test runs on the in-process runtime and on an embedded ZeroMQ cluster.
@@ -78,16 +79,8 @@ def needs_processes(transport):
 
 
 # ------------------------------------------------------ driver-side helpers
-def wait_until(predicate, timeout=10.0, interval=0.005, message=None):
-    """Poll ``predicate`` until it is truthy; fail the test after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(message or f"condition not met within {timeout} s: {predicate}")
-        time.sleep(interval)
+# One deadline poller for every test module (see helpers_cluster).
+wait_until = helpers_cluster.wait_until
 
 
 # -------------------------------------------------------- task-side helpers

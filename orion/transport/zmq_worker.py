@@ -88,6 +88,7 @@ class Worker:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(address)
         self.functions = {}
+        self._function_blobs = {}  # function id -> pickled function, received but not loaded yet
         self.client = WorkerClient(self)
         self._task_id = None
         self._in_runtime = 0
@@ -120,6 +121,10 @@ class Worker:
             if msg_type == "dispatch":
                 for record in body[0]:
                     dispatch = wire.decode_dispatch(record, buffers)
+                    if dispatch[3] is not None:
+                        # The head sends a function once per worker: keep it even
+                        # if this task is sent back unstarted.
+                        self._function_blobs.setdefault(dispatch[2], dispatch[3])
                     if self._in_get:
                         # Our task waits in get: a task queued behind it could be
                         # what it waits for. Send it back to run elsewhere.
@@ -269,6 +274,7 @@ class Worker:
         try:
             function = self.functions.get(function_id)
             if function is None:
+                blob = self._function_blobs.pop(function_id, blob)
                 if blob is None:
                     raise RuntimeError(f"function {function_id} was never sent to this worker")
                 function = self.functions[function_id] = serialization.loads_function(blob)
