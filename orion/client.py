@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import itertools
 import threading
 
 from . import context, ids
@@ -18,6 +19,10 @@ from .head import TaskRecord
 from .object_ref import LIFETIMES, ObjectRef
 from .object_store import Failed
 from .scheduler.events import TaskSpec
+
+
+# Argument types that cannot hold an ObjectRef inside them.
+_SCALARS = frozenset((int, float, str, bytes, bool, type(None), complex))
 
 
 def _check_timeout(timeout):
@@ -53,8 +58,10 @@ class Client:
         self.closed = False
         self._future_pool = None
         self._future_lock = threading.Lock()
-        self._unfinished_count = 0
-        self._room = threading.Condition()
+        self._submitted = itertools.count(1)  # tasks submitted so far (next() is atomic)
+        self._settled = 0  # tasks of ours that ended (written by one thread at a time)
+        self._waiting = False  # a caller waits for room in _reserve
+        self._room = threading.Condition(threading.Lock())
         ids.reseed()  # ids of an earlier client in this process must not look like ours
         self._prefix = ids.prefix()  # ids with it are ours: results of our tasks, our puts
         self._dropped = set()  # released before they arrived: not to be stored
@@ -109,22 +116,32 @@ class Client:
         if LIFETIMES.released:
             self._flush_releases()
         deps = []
+        nested = False  # could a ref hide inside an argument (a container, an object)?
         for value in args:
-            if type(value) is ObjectRef:
+            kind = type(value)
+            if kind is ObjectRef:
                 deps.append(value.id)
+            elif kind not in _SCALARS:
+                nested = True
         if kwargs:
             for value in kwargs.values():
-                if type(value) is ObjectRef:
+                kind = type(value)
+                if kind is ObjectRef:
                     deps.append(value.id)
+                elif kind not in _SCALARS:
+                    nested = True
         if len(deps) > 1:
             deps = list(dict.fromkeys(deps))
         task_id = ids.new_task_id()
         return_ids = ids.return_ids(task_id, options.num_returns)
         name = options.name or remote_function._default_name
-        with LIFETIMES.recording() as pickled:
+        if nested:
+            with LIFETIMES.recording() as pickled:
+                encoded = self._encode_args(args, kwargs, name)
+            if pickled:
+                self._note_escapes(pickled, args, kwargs)
+        else:
             encoded = self._encode_args(args, kwargs, name)
-        if pickled:
-            self._note_escapes(pickled, args, kwargs)
         record = TaskRecord(remote_function._function_id, encoded, options.num_returns, options.retry_exceptions,
                             self.peer_id)
         spec = TaskSpec(task_id, return_ids, tuple(deps), options.demand, options.max_retries, name, record,
@@ -214,17 +231,26 @@ class Client:
 
     # ------------------------------------------------------------ internals
     def _reserve(self, count=1):
-        """Block while the driver has ``max_unfinished`` unfinished tasks."""
+        """Block while the driver has ``max_unfinished`` unfinished tasks.
+
+        Lock-free unless over the limit: ``next`` on an ``itertools.count`` is
+        atomic, and only one thread at a time settles (the one delivering
+        results), so the two counters need no lock on the hot path."""
+        for _ in range(count):
+            submitted = next(self._submitted)
+        if submitted - self._settled < self.max_unfinished:
+            return
         with self._room:
-            while self._unfinished_count >= self.max_unfinished and not self.closed:
+            self._waiting = True  # (set before the re-check: a settle after it notifies)
+            while submitted - self._settled >= self.max_unfinished and not self.closed:
                 self._room.wait()  # shutdown notifies too: no caller stays stuck
-            self._unfinished_count += count
+            self._waiting = False
 
     def _settle(self, count=1):
         """``count`` tasks of ours finished (results or failures arrived)."""
-        with self._room:
-            self._unfinished_count -= count
-            if self._unfinished_count < self.max_unfinished:
+        self._settled += count
+        if self._waiting:
+            with self._room:
                 self._room.notify_all()
 
     # ------------------------------------------------------- ref lifetimes
@@ -259,12 +285,10 @@ class Client:
                 self._send_release(freed)
 
     def _release_local(self, object_ids):
-        store, dropped = self.store, self._dropped
-        for object_id in object_ids:
-            if object_id in store:
-                store.delete(object_id)
-            else:
-                dropped.add(object_id)  # not arrived yet: drop it when it does
+        store = self.store
+        # Not arrived yet: drop them when they do.
+        self._dropped.update(object_id for object_id in object_ids if object_id not in store)
+        store.delete_many(object_ids)
 
     def _send_release(self, object_ids):
         """Tell the head these objects may be freed (once no task needs them)."""

@@ -67,11 +67,8 @@ class ObjectRef:
     __slots__ = ("id", "__weakref__")
 
     def __new__(cls, object_id):
-        obj = LIFETIMES.instance(cls, object_id)
-        return obj
-
-    def __init__(self, object_id):
-        pass  # set once, by __new__ (the instance may be an existing one)
+        # (no __init__: the instance may be an existing one, its id set once)
+        return LIFETIMES.instance(cls, object_id)
 
     def __eq__(self, other):
         return isinstance(other, ObjectRef) and other.id == self.id

@@ -77,6 +77,12 @@ class ObjectStore:
         with self._lock:
             self._entries.pop(object_id, None)
 
+    def delete_many(self, object_ids):
+        with self._lock:
+            pop = self._entries.pop
+            for object_id in object_ids:
+                pop(object_id, None)
+
     def wait(self, object_ids, num_ready=None, timeout=None, interrupt=None):
         """Block until ``num_ready`` of ``object_ids`` (default: all) are stored.
 
