@@ -238,11 +238,11 @@ class Client:
         results), so the two counters need no lock on the hot path."""
         for _ in range(count):
             submitted = next(self._submitted)
-        if submitted - self._settled < self.max_unfinished:
+        if submitted - self._settled <= self.max_unfinished:  # (``submitted`` counts this one)
             return
         with self._room:
             self._waiting = True  # (set before the re-check: a settle after it notifies)
-            while submitted - self._settled >= self.max_unfinished and not self.closed:
+            while submitted - self._settled > self.max_unfinished and not self.closed:
                 self._room.wait()  # shutdown notifies too: no caller stays stuck
             self._waiting = False
 
