@@ -504,3 +504,21 @@ def test_counts_and_nodes_after_a_long_pipelined_run():
     assert sorted(d.spec.task_id for d in dispatched) == sorted(t.task_id for t in tasks)  # each once
     assert s.counts() == counts()
     assert node_info(s, "n1")["available"] == {"CPU": 2.0} and node_info(s, "n1")["running"] == 0
+
+
+def test_a_deeper_pipeline_queues_several_tasks_and_runs_them_in_order():
+    s = one_node(pipeline=2)
+    dispatched = [c.spec.task_id for name in "abcde" for c in submit(s, spec(name)) if isinstance(c, Dispatch)]
+    assert dispatched == ["a", "b", "c"]  # one running, two queued behind it
+    assert s.counts() == counts(ready=2, running=1, assigned=2)
+    # Each end promotes the next queued task and queues one more from the backlog.
+    commands = s.handle(TaskFinished("a", "w1"))
+    assert [c.spec.task_id for c in commands if isinstance(c, Dispatch)] == ["d"]
+    assert s.worker_task("w1") == "b"
+    # Blocking sends the queue back in order; a lost worker requeues what is left.
+    s.handle(TaskRejected("c", "w1"))
+    s.handle(WorkerLost("w1", "killed"))
+    assert s.counts()[ASSIGNED] == 0
+    s.handle(WorkerJoined("w2", "n1"))
+    # Queue now: d (requeued first), c (sent back), e, then b (retried, at the back).
+    assert s.worker_task("w2") == "d"

@@ -108,13 +108,13 @@ class _Node:
 
 
 class _Worker:
-    __slots__ = ("worker_id", "node_id", "task_id", "next_id", "blocked", "sent_back")
+    __slots__ = ("worker_id", "node_id", "task_id", "queued", "blocked", "sent_back")
 
     def __init__(self, worker_id, node_id):
         self.worker_id = worker_id
         self.node_id = node_id
         self.task_id = None
-        self.next_id = None  # an ASSIGNED task queued behind task_id (pipelining)
+        self.queued = []  # ASSIGNED tasks queued behind task_id, in order (pipelining)
         self.blocked = False
         # It sent a queued task back (TaskRejected): its task waits in get, maybe
         # not reported yet (the worker rejects just before it reports blocked).
@@ -382,9 +382,9 @@ class Scheduler:
     def _on_rejected(self, event):
         task = self._tasks.get(event.task_id)
         worker = self._workers.get(event.worker_id)
-        if task is None or task.state != ASSIGNED or worker is None or worker.next_id != event.task_id:
+        if task is None or task.state != ASSIGNED or worker is None or event.task_id not in worker.queued:
             return
-        worker.next_id = None
+        worker.queued.remove(event.task_id)
         worker.sent_back = True
         self._requeue_assigned(task)
         self._schedule()
@@ -491,26 +491,32 @@ class Scheduler:
 
     def _pick_pipelined(self, demand, backlog):
         """A busy worker of a pipelining node whose current task has this exact
-        demand and nothing queued behind it (its resources pass straight on).
+        demand and fewer tasks queued behind it than the node's pipeline depth
+        (each one's resources pass straight on to the next). Shallowest queue first.
 
         Only for a backlog longer than the node has workers, and never while
         the node is still starting workers: a task queued behind a long one
         waits for it, which is worth it only when every worker has more work
         coming anyway (throughput), not for a handful of tasks (latency)."""
+        best = None
         for node in self._nodes.values():
-            if not node.pipeline or not node.alive or node.starting or backlog <= len(node.workers):
+            depth = int(node.pipeline)
+            if not depth or not node.alive or node.starting or backlog <= len(node.workers):
                 continue
             for worker_id in node.workers:
                 worker = self._workers[worker_id]
-                if worker.task_id is not None and worker.next_id is None and not worker.blocked \
+                if worker.task_id is not None and len(worker.queued) < depth and not worker.blocked \
                         and not worker.sent_back and self._tasks[worker.task_id].spec.demand == demand:
-                    return worker
-        return None
+                    if not worker.queued:
+                        return worker
+                    if best is None or len(worker.queued) < len(best.queued):
+                        best = worker
+        return best
 
     def _assign(self, task, worker):
         task.state = ASSIGNED
         task.worker_id = worker.worker_id
-        worker.next_id = task.spec.task_id
+        worker.queued.append(task.spec.task_id)
         self._out.append(cmd.Dispatch(task.spec, worker.worker_id, worker.node_id))
 
     def _start(self, task, node):
@@ -535,11 +541,11 @@ class Scheduler:
         worker.task_id = None
         worker.blocked = False
         worker.sent_back = False
-        if worker.next_id is not None:
+        if worker.queued:
             # The task queued behind it starts now on the worker: it takes over
             # the resources (same demand) without a round trip.
-            following = self._tasks[worker.next_id]
-            worker.task_id, worker.next_id = worker.next_id, None
+            following = self._tasks[worker.queued[0]]
+            worker.task_id = worker.queued.pop(0)
             following.state = RUNNING
             following.attempt += 1
             node.acquire(following.spec.demand)
@@ -568,9 +574,9 @@ class Scheduler:
         node.workers.pop(worker.worker_id, None)
         if worker.worker_id in node.idle:
             node.idle.remove(worker.worker_id)
-        if worker.next_id is not None:
-            self._requeue_assigned(self._tasks[worker.next_id])
-            worker.next_id = None
+        for task_id in reversed(worker.queued):  # back to the front of the queue, in order
+            self._requeue_assigned(self._tasks[task_id])
+        worker.queued = []
         if worker.task_id is None:
             return
         task = self._tasks[worker.task_id]
