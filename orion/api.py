@@ -9,7 +9,7 @@ import os
 import re
 import threading
 
-from . import security
+from . import gc_tuning, security
 from .errors import OrionError
 
 _lock = threading.Lock()
@@ -86,6 +86,7 @@ def init(address=None, *, num_workers=None, transport="zmq", resources=None, key
                                     log_to_driver=bool(log_to_driver), **settings)
         services = _start_services(client, observe)
         _client, _services = client, services
+        gc_tuning.raise_threshold()
     return ClusterInfo(client.address, services and services.metrics_url, services and services.dashboard_url)
 
 
@@ -126,6 +127,7 @@ def shutdown():
         services.stop()
     if client is not None:
         client.shutdown()
+        gc_tuning.restore()
 
 
 def timeline(path=None):

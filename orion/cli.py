@@ -318,6 +318,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.command in ("head", "worker"):
+        from . import gc_tuning
+
+        gc_tuning.raise_threshold()  # a process of ours for good (see gc_tuning)
     return args.run(args)
 
 

@@ -26,7 +26,7 @@ import time
 import cloudpickle
 import zmq
 
-from .. import api, context, execution, security, serialization
+from .. import api, context, execution, gc_tuning, security, serialization
 from ..object_store import ObjectStore
 from ..scheduler.events import Failure
 from . import protocol, wire
@@ -370,6 +370,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     address, worker_id, node_id = argv[:3]
     install_logging(worker_id)  # to the current sys.stderr: tasks' logging is captured
+    gc_tuning.raise_threshold()
     worker = Worker(address, worker_id, node_id)
     threading.Thread(target=worker.watch_node, name="orion-node-watch", daemon=True).start()
     signal.signal(signal.SIGINT, worker._on_sigint)
