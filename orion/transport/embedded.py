@@ -47,11 +47,14 @@ class EmbeddedClient(SerializingClient):
     def _send_submit(self, specs, remote_function):
         self._reserve(len(specs))
         functions = self._new_functions(remote_function)
+        transport = self.server.transport
         with self.server.lock:
             for function_id, blob in functions:
                 self.head.register_function(function_id, blob)
             self.head.submit(specs)
-        self.server.wake()  # the server thread sends the dispatches
+            to_send = transport.batches or transport.singles
+        if to_send:
+            self.server.wake()  # the server thread sends the dispatches (a queued task needs none)
 
     def _send_put(self, object_id, value):
         self.store.put(object_id, value)
