@@ -8,19 +8,24 @@ with random outcomes (finish, retryable / fatal error, worker lost), blocks and
 unblocks workers, cancels, kills and revives nodes, releases objects and sends
 stale reports.
 
-Some nodes pipeline (``NodeJoined(pipeline=True)``): their simulated workers
-have a one-slot local queue. A Dispatch to a busy worker is queued behind its
-task and starts when that task ends (the driver then finishes or errs it; it
-gets no new Dispatch). A worker whose task blocks in get sends its queued task
-back (TaskRejected), in either order with its WorkerBlocked report, and not
-always at once: its messages sit in an outbox, delivered in order, at random
-times, but always before any later report of that worker; a dispatch it gets
-while in get is sent back too. Stale TaskRejected events are injected.
+Some nodes pipeline (``NodeJoined(pipeline=K)``, a random depth K in {1, 2, 3},
+depth 1 sometimes given as ``True``): their simulated workers keep an ordered
+local queue of up to K tasks. A Dispatch to a busy worker is appended to it and
+the first queued task starts when the current one ends (the driver then
+finishes or errs it; it gets no new Dispatch). A worker whose task blocks in
+get sends every queued task back (TaskRejected), in order, with its
+WorkerBlocked report anywhere among them, and not always at once: its messages
+sit in an outbox, delivered in order, at random times, but always before any
+later report of that worker; a dispatch it gets while in get is sent back too.
+A lost worker's queue is dropped (the scheduler requeues it, in order, at the
+front). Stale TaskRejected events are injected.
 
 The driver checks invariants after every event (each Dispatch goes to an idle
 worker of a live node with all inputs published and the demand free, or to a
-busy, non-blocked worker with an empty queue on a pipeline node whose task has
-the same demand; no task runs twice at once; node accounting matches the
+busy, non-blocked worker that sent nothing back since its task started or
+unblocked, on a pipeline node, whose task has the same demand and with fewer
+than the node's depth tasks queued, none shorter on that node; a lost worker's
+queued tasks are dispatched again in their order; no task runs twice at once; node accounting matches the
 driver's own; each task ends exactly once; releases happen exactly when
 allowed) and, at the end, compares every task's outcome with a reference model
 computed from the DAG and the outcomes the driver injected.
@@ -95,21 +100,26 @@ class Sim:
                 total["GPU"] = float(gpus)
             self.node_total[f"n{i}"] = total
             self.node_base[f"n{i}"] = rng.choice([0, 1, 1, 2, 3])
-            self.node_pipeline[f"n{i}"] = pipelining == "all" or (pipelining == "mixed" and rng.random() < 0.5)
+            pipelined = pipelining == "all" or (pipelining == "mixed" and rng.random() < 0.5)
+            # Pipeline depth (0: off); depth 1 is sometimes passed as True.
+            depth = rng.choice([1, 1, 2, 3]) if pipelined else 0
+            self.node_pipeline[f"n{i}"] = True if depth == 1 and rng.random() < 0.5 else depth
             if self.node_pipeline[f"n{i}"] and rng.random() < 0.5:
                 self.node_base[f"n{i}"] = int(total["CPU"])  # one worker per CPU, as real nodes start
         self.alive = set()
         self.unjoined = list(self.node_total)  # nodes that never joined yet
-        # worker id -> {"node", "task", "blocked" (as the scheduler knows it), "next"
-        # (its queued task), "in_get" (its task waits in get, as the worker knows
+        # worker id -> {"node", "task", "blocked" (as the scheduler knows it), "queue"
+        # (its queued tasks, in order), "in_get" (its task waits in get, as the worker knows
         # it), "outbox" (its reports not delivered yet), "sent_back" (the scheduler
         # got a TaskRejected from it since its task started or unblocked)}
         self.workers = {}
         self.assign_log = []  # (task id, worker id) of every pipelined dispatch
         self.stats = {"assigned": 0, "promoted": 0, "rejected": 0, "stale_rejects": 0, "lost_assigned": 0,
-                      "interrupt_assigned": 0}
+                      "interrupt_assigned": 0, "max_queue": 0,
+                      "lost_queues": 0, "block_rejects": 0}
         self.pending_joins = []  # (worker id, node id)
         self.pending_kills = []  # worker ids the owner must kill (forced cancel)
+        self.lost_queues = []  # queued tasks of workers lost before the next event, each worker's in order
         self.next_worker = 0
 
         # ---- objects and DAG
@@ -173,7 +183,21 @@ class Sim:
         for command in out:
             self.apply(command)
         self.check_state()
+        lost, self.lost_queues = self.lost_queues, []
+        for queue in lost:
+            # A lost worker's queued tasks go back to the front of the ready
+            # queue in their order: what is dispatched again is a prefix of them.
+            dispatched = [c.spec.task_id for c in out if isinstance(c, Dispatch) and c.spec.task_id in queue]
+            remaining = [task_id for task_id in queue if self.by_id[task_id].final is None]
+            self.check(dispatched == remaining[:len(dispatched)],
+                       f"lost queue {queue} dispatched again as {dispatched}")
         return out
+
+    def queued_on(self, worker_id):
+        """The tasks queued on a worker as the scheduler sees them, in order: those
+        it sent back (or will) but the scheduler has not heard of yet come first."""
+        w = self.workers[worker_id]
+        return [m[1] for m in w["outbox"] if m[0] == "reject"] + w["queue"]
 
     def new_worker(self, node_id):
         self.next_worker += 1
@@ -214,19 +238,29 @@ class Sim:
                                                           f"on {c.node_id}, which does not pipeline")
                 self.check(not w["blocked"], f"dispatch to blocked worker {c.worker_id}")
                 self.check(not w["sent_back"], f"dispatch to {c.worker_id}, which just sent a task back")
-                queued = [x.spec.task_id for x in self.tasks if x.assigned_to == c.worker_id]
-                self.check(not queued, f"dispatch to {c.worker_id}, which has {queued} queued already")
+                depth = int(self.node_pipeline[c.node_id])
+                queued = self.queued_on(c.worker_id)
+                self.check(len(queued) < depth, f"dispatch to {c.worker_id}, which has {queued} queued already "
+                                                f"(depth {depth})")
                 self.check(self.by_id[w["task"]].spec.demand == t.spec.demand,
                            f"{t.spec.task_id} queued behind {w['task']} of another demand")
+                # Shortest queue first (among the node's workers that could take it).
+                for other_id, other in self.workers.items():
+                    if other["node"] == c.node_id and other["task"] is not None and not other["blocked"] \
+                            and not other["sent_back"] and self.by_id[other["task"]].spec.demand == t.spec.demand:
+                        self.check(len(self.queued_on(other_id)) >= len(queued),
+                                   f"{t.spec.task_id} queued on {c.worker_id} behind {queued}, but {other_id} "
+                                   f"has only {self.queued_on(other_id)}")
+                self.stats["max_queue"] = max(self.stats["max_queue"], len(queued) + 1)
                 t.assigned_to = c.worker_id
                 self.assign_log.append((t.spec.task_id, c.worker_id))
                 self.stats["assigned"] += 1
                 if w["in_get"]:
                     w["outbox"].append(("reject", t.spec.task_id))  # our task waits in get: send it back
                 else:
-                    w["next"] = t.spec.task_id
+                    w["queue"].append(t.spec.task_id)
                 return
-            self.check(w["next"] is None and not w["outbox"], f"idle worker {c.worker_id} holds {w}")
+            self.check(not w["queue"] and not w["outbox"], f"idle worker {c.worker_id} holds {w}")
             avail = self.available(c.node_id)
             for k, v in t.spec.demand.items():
                 self.check(avail.get(k, 0.0) + EPS >= v, f"{t.spec.task_id} dispatched without {k} free")
@@ -268,7 +302,7 @@ class Sim:
         elif isinstance(c, StopWorker):
             w = self.workers.get(c.worker_id)
             if w is not None:
-                self.check(w["task"] is None and w["next"] is None and not w["outbox"],
+                self.check(w["task"] is None and not w["queue"] and not w["outbox"],
                            f"StopWorker of busy worker {c.worker_id}")
                 del self.workers[c.worker_id]
         elif isinstance(c, ReleaseObject):
@@ -310,6 +344,11 @@ class Sim:
         for worker_id, w in self.workers.items():
             self.check(s.worker_task(worker_id) == w["task"], f"{worker_id} runs {s.worker_task(worker_id)}, "
                                                               f"expected {w['task']}")
+            queued = self.queued_on(worker_id)
+            self.check(len(queued) <= int(self.node_pipeline[w["node"]]),
+                       f"{worker_id} holds {queued}, deeper than its node's pipeline")
+            self.check(sorted(queued) == sorted(t.spec.task_id for t in self.tasks if t.assigned_to == worker_id),
+                       f"{worker_id} holds {queued}")
         for t in self.tasks:
             live = t.submitted and t.final is None
             state = s.task_state(t.spec.task_id)
@@ -350,19 +389,19 @@ class Sim:
         t.running_on = None
         t.attempts[-1] = outcome
         t.attempt_failures[-1] = failure
-        if w["next"] is not None:
-            # The worker starts its queued task at once (the scheduler must not
-            # dispatch it again: apply() fails on a dispatch of a running task).
-            following = self.by_id[w["next"]]
-            w["next"] = None
+        if w["queue"]:
+            # The worker starts its first queued task at once (the scheduler must
+            # not dispatch it again: apply() fails on a dispatch of a running task).
+            following = self.by_id[w["queue"].pop(0)]
             following.assigned_to = None
             self.start(following, worker_id)
             self.stats["promoted"] += 1
 
     def lose_worker(self, worker_id):
+        queued = self.queued_on(worker_id)  # its queue and what it sent back unheard: dropped
         w = self.workers.pop(worker_id)
-        queued = [w["next"]] if w["next"] is not None else []
-        queued += [m[1] for m in w["outbox"] if m[0] == "reject"]
+        self.lost_queues.append(queued)
+        self.stats["lost_queues"] += len(queued) > 1
         for task_id in queued:
             self.by_id[task_id].assigned_to = None  # the scheduler requeues it
             self.stats["lost_assigned"] += 1
@@ -526,7 +565,7 @@ class Sim:
     def act_join(self):
         worker_id, node_id = self.pending_joins.pop(self.rng.randrange(len(self.pending_joins)))
         if node_id in self.alive:
-            self.workers[worker_id] = {"node": node_id, "task": None, "blocked": False, "next": None,
+            self.workers[worker_id] = {"node": node_id, "task": None, "blocked": False, "queue": [],
                                        "in_get": False, "outbox": [], "sent_back": False}
             out = self.send(WorkerJoined(worker_id, node_id))
         else:
@@ -543,14 +582,17 @@ class Sim:
             self.send(WorkerLost(worker_id, "killed by cancel"))
 
     def act_block(self, worker_id):
-        """The worker's task waits in get: it sends its queued task back and
-        reports itself blocked (in either order), now or later."""
+        """The worker's task waits in get: it sends its queued tasks back, in
+        order, and reports itself blocked (before, after or among them), now or
+        later."""
         w = self.workers[worker_id]
         w["in_get"] = True
-        rejects = [("reject", w["next"])] if w["next"] is not None else []
-        w["next"] = None
-        # The real worker sends its queue back first; the other order must work too.
-        w["outbox"] += (rejects + [("blocked",)]) if self.rng.random() < 0.5 else ([("blocked",)] + rejects)
+        rejects = [("reject", task_id) for task_id in w["queue"]]
+        w["queue"] = []
+        self.stats["block_rejects"] += len(rejects) > 1
+        # The real worker sends its queue back first; other orders must work too.
+        at = len(rejects) if self.rng.random() < 0.5 else self.rng.randint(0, len(rejects))
+        w["outbox"] += rejects[:at] + [("blocked",)] + rejects[at:]
         if self.rng.random() < 0.5:
             self.flush(worker_id)
 
@@ -681,7 +723,7 @@ class Sim:
                 self.check(abs(info["available"].get(k, 0.0) - total) < EPS,
                            f"{node_id} {k} ends at {info['available']} of {total}")
             self.check(info["running"] == 0, f"{node_id} still running")
-        self.check(not any(w["task"] or w["next"] or w["outbox"] or w["in_get"] for w in self.workers.values()),
+        self.check(not any(w["task"] or w["queue"] or w["outbox"] or w["in_get"] for w in self.workers.values()),
                    "a worker still busy")
         self.check(not any(t.assigned_to for t in self.tasks), "a task still queued on a worker")
         self.check(self.released == self.release_requested,
@@ -742,8 +784,15 @@ def test_random_dags_hypothesis_seeds(seed):
 
 @pytest.mark.parametrize("chunk", range(2))
 def test_random_busy_pipelines_against_reference_model(chunk):
+    stats = {}
     for seed in range(chunk, 100, 2):
-        Sim(seed, busy_pipelines=True).run()
+        sim = Sim(seed, busy_pipelines=True)
+        sim.run()
+        for k, v in sim.stats.items():
+            stats[k] = max(stats.get(k, 0), v) if k == "max_queue" else stats.get(k, 0) + v
+    # The seeds exercise deep queues: filled to depth 3, promoted, sent back
+    # several at a time on a block, and lost several at a time with a worker.
+    assert stats["max_queue"] == 3 and stats["promoted"] and stats["block_rejects"] and stats["lost_queues"], stats
 
 
 @settings(max_examples=30, derandomize=True, deadline=None, database=None,
