@@ -52,7 +52,6 @@ class Head:
         self.subscribers = {}  # object id -> set of peers that asked for it
         self.unfinished_by_owner = {}  # peer -> its tasks not finished yet (bounded)
         self.max_unfinished_per_owner = MAX_UNFINISHED_PER_OWNER
-        self.stats = {"submitted": 0, "finished": 0, "failed": 0, "retried": 0}
         self.tasklog = TaskLog()  # per-task times and per-name counts (orion.observe)
         self._results = {}  # task id -> values reported, until the scheduler accepts them
         self._later = deque()  # events raised while carrying out commands
@@ -76,7 +75,6 @@ class Head:
             for return_id in spec.return_ids:
                 owners[return_id] = owner
             accepted.append(spec)
-        self.stats["submitted"] += len(accepted)
         self.tasklog.submitted(accepted)
         self._feed([ev.TaskSubmitted(spec) for spec in accepted])
 
@@ -177,17 +175,14 @@ class Head:
                 transport.dispatch(command.worker_id, spec, inputs, self.functions[spec.payload.function_id])
                 tasklog.dispatched(spec, command.worker_id, command.node_id, now)
             elif kind is cmd.Publish:
-                self.stats["finished"] += 1
                 tasklog.finished(command.task_id, now)
                 values = self._results.pop(command.task_id)
                 self._store_all(command.return_ids, values)
             elif kind is cmd.FailTask:
-                self.stats["failed"] += 1
                 tasklog.failed(command.task_id, command.failure, now)
                 failed = Failed(command.failure)
                 self._store_all(command.return_ids, [failed] * len(command.return_ids))
             elif kind is cmd.Retry:
-                self.stats["retried"] += 1
                 tasklog.retried(command.task_id, now)
                 log.info("retrying task %s (attempt %d): %s", command.task_id, command.attempt, command.reason)
             elif kind is cmd.InterruptTask:

@@ -33,7 +33,7 @@ def _snapshot_locked(head, listing):
     return {
         "nodes": node_table_locked(head, listing),
         "tasks": counts,
-        "totals": dict(head.stats),
+        "totals": head.tasklog.totals(),
         "entries": head.store.entries(),
     }
 

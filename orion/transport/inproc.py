@@ -20,7 +20,6 @@ import cloudpickle
 
 from .. import context, execution
 from ..client import Client
-from ..errors import OrionError
 from ..head import Head
 from ..object_ref import ObjectRef
 from ..scheduler.events import Failure, WorkerLost
@@ -319,4 +318,4 @@ def _lost(object_id):
                                          "to a cluster that was shut down, or it was freed)"))
 
 
-__all__ = ["InprocClient", "InprocRuntime", "InprocTransport", "OrionError"]
+__all__ = ["InprocClient", "InprocRuntime", "InprocTransport"]

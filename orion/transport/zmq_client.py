@@ -71,18 +71,14 @@ class ZmqClient(SerializingClient):
     # ------------------------------------------------------------ hooks
     def _send_submit(self, specs, remote_function):
         self._reserve(len(specs))
-        functions = self._new_functions(remote_function)
-        records, frames = [], []
-        with self._owned_lock:
+        body, frames = self._submit_message(specs, remote_function)
+        functions, records = body
+        with self._owned_lock:  # kept until the results arrive, to replay to a restarted head
             for function_id, blob in functions:
                 self._functions[function_id] = blob
-            for spec in specs:
-                header, buffers = spec.payload.args
-                record = wire.encode_submit_record(spec, header, len(buffers))
-                self._unfinished[spec.task_id] = (record, buffers)
-                records.append(record)
-                frames.extend(buffers)
-        self._post(("submit", [functions, records], frames))
+            for spec, record in zip(specs, records):
+                self._unfinished[spec.task_id] = (record, spec.payload.args[1])
+        self._post(("submit", body, frames))
 
     def _send_put(self, object_id, value):
         header, buffers = value
