@@ -91,8 +91,10 @@ def test_output_of_a_nested_task_reaches_the_driver(tmp_path):
             return [child.remote(10)]
 
         with orion.init(INIT):
-            print("answer", orion.get(parent.remote()))
-            print("orphan", orion.get(orion.get(orphan_parent.remote())[0]))
+            print(f"answer {orion.get(parent.remote())}")
+            # One write for the text: the orphan child's line, printed by the
+            # parent's worker process, may land between print's two writes.
+            print(f"orphan {orion.get(orion.get(orphan_parent.remote())[0])}")
     """)
     out = done.stdout
     assert "answer 3" in out and "orphan 10" in out
