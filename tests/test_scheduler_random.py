@@ -20,6 +20,16 @@ later report of that worker; a dispatch it gets while in get is sent back too.
 A lost worker's queue is dropped (the scheduler requeues it, in order, at the
 front). Stale TaskRejected events are injected.
 
+In ``objects`` mode the cluster also stores large objects: the driver reports
+copies of ready objects on random nodes (``ObjectLocated``, some for dead nodes
+or released objects, which must be ignored), its workers report ``InputLost``
+for running or queued tasks (given back unstarted: no retry used), and put
+objects are lost for good (``ObjectLost`` with a failure): consumers not
+dispatched yet fail with it, dispatched ones may finish or report it. The
+driver keeps its own map of copies (forgotten with a node or on release) and
+checks that least_loaded sends a task to a candidate holding the most bytes
+of its inputs.
+
 The driver checks invariants after every event (each Dispatch goes to an idle
 worker of a live node with all inputs published and the demand free, or to a
 busy, non-blocked worker that sent nothing back since its task started or
@@ -41,14 +51,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orion.scheduler import (CancelRequested, Dispatch, FailTask, Failure, InterruptTask, NodeJoined,
-                             NodeLost, ObjectPut, ObjectsReleased, Publish, ReleaseObject, Retry,
-                             Scheduler, StartWorker, StopWorker, TaskErrored, TaskFinished, TaskRejected,
+from orion.scheduler import (CancelRequested, Dispatch, FailTask, Failure, InputLost, InterruptTask, NodeJoined,
+                             NodeLost, ObjectLocated, ObjectLost, ObjectPut, ObjectsReleased, Publish, ReleaseObject,
+                             Retry, Scheduler, StartWorker, StopWorker, TaskErrored, TaskFinished, TaskRejected,
                              TaskSpec, TaskSubmitted, WorkerBlocked, WorkerJoined, WorkerLost, WorkerUnblocked)
 
 pytestmark = pytest.mark.timeout(60)
 
 EPS = 1e-6
+MB = 1 << 20
 
 DEMANDS = [
     {"CPU": 1.0}, {"CPU": 1.0}, {"CPU": 1.0}, {"CPU": 1.0}, {"CPU": 0.5}, {"CPU": 0.5}, {"CPU": 0.25},
@@ -79,12 +90,15 @@ class Task:
 
 
 class Sim:
-    def __init__(self, seed, busy_pipelines=False):
+    def __init__(self, seed, busy_pipelines=False, objects=False):
         """``busy_pipelines``: every node pipelines, and bursts of tasks with few
-        inputs and few demand shapes keep them busy (long backlogs)."""
+        inputs and few demand shapes keep them busy (long backlogs).
+        ``objects``: large objects are located, inputs and puts lost (see the
+        module docstring)."""
         self.seed = seed
         rng = self.rng = random.Random(seed)
-        self.s = Scheduler(rng.choice(["least_loaded", "round_robin"]))
+        self.policy = rng.choice(["least_loaded", "round_robin"])
+        self.s = Scheduler(self.policy)
         self.step = 0
         self.log = []
 
@@ -116,14 +130,19 @@ class Sim:
         self.assign_log = []  # (task id, worker id) of every pipelined dispatch
         self.stats = {"assigned": 0, "promoted": 0, "rejected": 0, "stale_rejects": 0, "lost_assigned": 0,
                       "interrupt_assigned": 0, "max_queue": 0,
-                      "lost_queues": 0, "block_rejects": 0}
+                      "lost_queues": 0, "block_rejects": 0, "located": 0, "local_choices": 0,
+                      "input_lost_running": 0, "input_lost_assigned": 0, "lost_puts": 0, "lost_put_failures": 0}
         self.pending_joins = []  # (worker id, node id)
         self.pending_kills = []  # worker ids the owner must kill (forced cancel)
         self.lost_queues = []  # queued tasks of workers lost before the next event, each worker's in order
         self.next_worker = 0
 
         # ---- objects and DAG
-        self.puts = [f"p{i}" for i in range(rng.randint(0, 3))]
+        self.objects = objects
+        self.locations = {}  # object id -> node ids holding a copy, in report order (objects mode)
+        self.sizes = {}  # object id -> bytes last reported
+        self.lost_puts = {}  # put object id -> the Failure it was lost with
+        self.puts = [f"p{i}" for i in range(rng.randint(1, 4) if objects else rng.randint(0, 3))]
         self.ready_objects = set()  # put or published
         self.release_requested = set()
         self.released = set()
@@ -264,6 +283,8 @@ class Sim:
             avail = self.available(c.node_id)
             for k, v in t.spec.demand.items():
                 self.check(avail.get(k, 0.0) + EPS >= v, f"{t.spec.task_id} dispatched without {k} free")
+            if self.objects and self.policy == "least_loaded":
+                self.check_locality(t, c.node_id)
             self.start(t, c.worker_id)
         elif isinstance(c, Publish):
             t = self.by_id[c.task_id]
@@ -311,6 +332,7 @@ class Sim:
             self.check(o not in self.released, f"{o} released twice")
             self.check(self.release_allowed(o), f"{o} released while still needed")
             self.released.add(o)
+            self.locations.pop(o, None)
         else:
             self.fail(f"unexpected command {c!r}")
 
@@ -359,6 +381,8 @@ class Sim:
                 self.check(state == "assigned", f"{t.spec.task_id} not assigned but {state}")
             elif live:
                 self.check(state in ("pending", "ready"), f"{t.spec.task_id} is {state}, not queued")
+        for o, nodes in self.locations.items():
+            self.check(s.object_locations(o) == nodes, f"{o} located on {s.object_locations(o)}, expected {nodes}")
         counts = s.counts()
         self.check(counts["running"] == sum(t.running_on is not None for t in self.tasks)
                    and counts["assigned"] == sum(t.assigned_to is not None for t in self.tasks), f"counts {counts}")
@@ -381,14 +405,25 @@ class Sim:
         t.attempt_failures.append(None)
 
     def end_attempt(self, t, outcome, failure=None):
+        t.attempts[-1] = outcome
+        t.attempt_failures[-1] = failure
+        self.vacate(t)
+
+    def abandon_attempt(self, t):
+        """The worker gives its running task back unstarted (InputLost): the
+        attempt never happened."""
+        t.attempts.pop()
+        t.attempt_failures.pop()
+        self.vacate(t)
+
+    def vacate(self, t):
+        """The worker running ``t`` is done with it and takes its next queued task."""
         w = self.workers[t.running_on]
         self.check(not w["outbox"], f"{t.running_on} ends {t.spec.task_id} before its earlier reports")
         worker_id = t.running_on
         w["task"] = None
         w["blocked"] = w["in_get"] = w["sent_back"] = False
         t.running_on = None
-        t.attempts[-1] = outcome
-        t.attempt_failures[-1] = failure
         if w["queue"]:
             # The worker starts its first queued task at once (the scheduler must
             # not dispatch it again: apply() fails on a dispatch of a running task).
@@ -396,6 +431,28 @@ class Sim:
             following.assigned_to = None
             self.start(following, worker_id)
             self.stats["promoted"] += 1
+
+    def check_locality(self, t, node_id):
+        """least_loaded put ``t`` on a candidate (alive, room, idle worker)
+        holding the most bytes of its inputs."""
+        held = {}
+        for d in dict.fromkeys(t.spec.dependencies):
+            for n in self.locations.get(d, ()):
+                held[n] = held.get(n, 0) + self.sizes[d]
+        if not held:
+            return
+        idle = {w["node"] for w in self.workers.values() if w["task"] is None}
+        candidates = [n for n in sorted(self.alive & idle)
+                      if all(self.available(n).get(k, 0.0) + EPS >= v for k, v in t.spec.demand.items())]
+        best = max(held.get(n, 0) for n in candidates)
+        self.check(held.get(node_id, 0) == best, f"{t.spec.task_id} placed on {node_id}, which holds "
+                                                 f"{held.get(node_id, 0)} bytes of its inputs; {held}")
+        self.stats["local_choices"] += len({held.get(n, 0) for n in candidates}) > 1
+
+    def forget_node_copies(self, node_id):
+        for nodes in self.locations.values():
+            if node_id in nodes:
+                nodes.remove(node_id)
 
     def lose_worker(self, worker_id):
         queued = self.queued_on(worker_id)  # its queue and what it sent back unheard: dropped
@@ -438,6 +495,7 @@ class Sim:
         if reregister:
             for worker_id in [w for w, info in self.workers.items() if info["node"] == node_id]:
                 self.lose_worker(worker_id)
+            self.forget_node_copies(node_id)
         self.alive.add(node_id)
         for _ in range(self.node_base[node_id]):
             self.new_worker(node_id)
@@ -452,6 +510,8 @@ class Sim:
                 producer = self.tasks[self.producer[d]]
                 if producer.final is not None and producer.final[0] == "failed":
                     t.failed_inputs_at_submit.append(producer.final[1])
+            if d in self.lost_puts:
+                t.failed_inputs_at_submit.append(self.lost_puts[d])
         if self.alive:
             t.infeasible_at_submit = not any(
                 all(self.node_total[n].get(k, 0.0) + EPS >= v for k, v in t.spec.demand.items())
@@ -552,6 +612,8 @@ class Sim:
                 actions.append((0.3, self.act_stale))
             if self.assign_log or self.workers:
                 actions.append((0.3, self.act_stale_reject))
+            if self.objects:
+                self.object_actions(actions)
             weights = [a[0] for a in actions]
             rng.choices([a[1] for a in actions], weights)[0]()
         else:
@@ -622,6 +684,7 @@ class Sim:
         self.alive.discard(node_id)
         for worker_id in [w for w, info in self.workers.items() if info["node"] == node_id]:
             self.lose_worker(worker_id)
+        self.forget_node_copies(node_id)
         self.send(NodeLost(node_id, "chaos"))
 
     def act_lose_idle(self, worker_id):
@@ -676,6 +739,107 @@ class Sim:
         out = self.send(TaskRejected(task_id, worker_id))
         self.check(out == [], f"stale rejection of {task_id} from {worker_id} gave {out}")
 
+    # ----------------------------------------------------- objects mode
+    def object_actions(self, actions):
+        rng = self.rng
+        if any(o not in self.released for o in self.ready_objects):
+            actions.append((1.5, self.act_locate))
+        givers = self.input_lost_candidates()
+        if givers:
+            actions.append((0.8, lambda: self.act_input_lost(rng.choice(givers))))
+        if self.losable_puts():
+            actions.append((0.08, self.act_lose_put))
+        if self.stale_candidates:
+            actions.append((0.2, self.act_stale_input_lost))
+
+    def act_locate(self):
+        rng = self.rng
+        if self.released and rng.random() < 0.1:
+            o = rng.choice(sorted(self.released))  # a late report: ignored
+        else:
+            o = rng.choice(sorted(o for o in self.ready_objects if o not in self.released))
+        node_id = rng.choice(sorted(self.node_total))  # maybe a dead one: ignored
+        size = rng.choice([0, 1, 1, 2, 5, 20]) * MB
+        if o not in self.released and node_id in self.alive:
+            self.sizes[o] = size
+            nodes = self.locations.setdefault(o, [])
+            if node_id not in nodes:
+                nodes.append(node_id)
+            self.stats["located"] += 1
+        out = self.send(ObjectLocated(o, node_id, size))
+        self.check(out == [], f"locating {o} gave {out}")
+
+    def input_lost_candidates(self):
+        """Tasks with inputs, running (not waiting in get) or queued on a worker."""
+        result = []
+        for t in self.tasks:
+            if not t.spec.dependencies:
+                continue
+            if t.running_on is not None and not self.workers[t.running_on]["in_get"]:
+                result.append(t)
+            elif t.assigned_to is not None and t.spec.task_id in self.workers[t.assigned_to]["queue"]:
+                result.append(t)
+        return result
+
+    def act_input_lost(self, t):
+        rng = self.rng
+        lost = [d for d in t.spec.dependencies if d in self.lost_puts]
+        object_id = rng.choice(lost if lost and rng.random() < 0.8 else list(t.spec.dependencies))
+        if t.running_on is not None:
+            worker_id = t.running_on
+            self.flush(worker_id)
+            self.abandon_attempt(t)
+            self.stats["input_lost_running"] += 1
+        else:
+            worker_id = t.assigned_to
+            self.workers[worker_id]["queue"].remove(t.spec.task_id)
+            t.assigned_to = None
+            self.stats["input_lost_assigned"] += 1
+        out = self.send(InputLost(t.spec.task_id, worker_id, object_id))
+        tid = t.spec.task_id
+        self.check(not any(isinstance(c, Retry) and c.task_id == tid for c in out),
+                   f"a task given back unstarted used a retry: {out}")
+        if t.final is not None:
+            failure = t.final[1]
+            self.check(t.final[0] == "failed" and ((t.interrupted and failure.kind == "cancelled")
+                                                   or any(failure is self.lost_puts[d] for d in lost)),
+                       f"{tid} given back ended {t.final}: {out}")
+        else:
+            self.check(not t.interrupted, f"{tid}, cancelled, was given back but did not end: {out}")
+
+    def losable_puts(self):
+        return [p for p in self.puts if p in self.ready_objects and p not in self.released]
+
+    def act_lose_put(self):
+        p = self.rng.choice(self.losable_puts())
+        failure = Failure("object_lost", f"every copy of {p} is gone", payload=p)
+        self.lost_puts[p] = failure
+        self.ready_objects.discard(p)
+        self.locations.pop(p, None)
+        self.stats["lost_puts"] += 1
+        out = self.send(ObjectLost(p, failure))
+        for c in out:
+            # (apply() checks each release: p's, or a failed consumer's results or inputs.)
+            self.check(isinstance(c, ReleaseObject) or isinstance(c, FailTask) and c.failure is failure,
+                       f"losing {p} gave {out}")
+        self.stats["lost_put_failures"] += sum(isinstance(c, FailTask) for c in out)
+        for t in self.tasks:
+            if t.submitted and t.final is None and p in t.spec.dependencies:
+                self.check(t.running_on is not None or t.assigned_to is not None,
+                           f"{t.spec.task_id} needs lost {p} but is still queued")
+
+    def act_stale_input_lost(self):
+        rng = self.rng
+        task_id, worker_id = rng.choice(self.stale_candidates)
+        t = self.by_id[task_id]
+        deps = list(t.spec.dependencies) or ["p0"]
+        if t.running_on == worker_id or t.assigned_to == worker_id:
+            object_id = "not-an-input"  # on that worker, but no such input: stale too
+        else:
+            object_id = rng.choice(deps)
+        out = self.send(InputLost(task_id, worker_id, object_id))
+        self.check(out == [], f"stale InputLost of {task_id} from {worker_id} gave {out}")
+
     # ---------------------------------------------------- reference model
     def expected_outcome(self, t):
         """(kind, detail): ('published',), ('failure_in', [failures]), ('kind', kind) or
@@ -692,8 +856,11 @@ class Sim:
                 producer = self.tasks[self.producer[d]]
                 if producer.final[0] == "failed":
                     failed_inputs.append(producer.final[1])
+        lost = [self.lost_puts[d] for d in t.spec.dependencies if d in self.lost_puts]
         if failed_inputs:
-            return ("failure_in", failed_inputs)
+            # Never dispatched (a producer failed), and failed with the first
+            # failure among its inputs.
+            return ("failure_in", failed_inputs + lost)
         # It ran: replay the injected attempts under its retry budget.
         retries_left = t.spec.max_retries
         for k, outcome in enumerate(t.attempts):
@@ -711,7 +878,11 @@ class Sim:
             if retries_left > 0:
                 retries_left -= 1
             if last:
+                if lost:  # its input was lost for good before it could run again
+                    return ("failure_of_lost", lost)
                 return ("bad", f"not retried after attempt {k + 1} ({outcome})")
+        if lost:
+            return ("failure_of_lost", lost)
         return ("bad", "never ran")
 
     def final_checks(self):
@@ -749,6 +920,8 @@ class Sim:
             elif expected[0] == "failure_in":
                 self.check(failure is not None and not t.dispatched
                            and any(failure is f for f in expected[1]), desc)
+            elif expected[0] == "failure_of_lost":
+                self.check(failure is not None and any(failure is f for f in expected[1]), desc)
             elif expected[0] == "failure_is":
                 self.check(failure is expected[1], desc)
             elif expected[0] == "kind":
@@ -780,6 +953,27 @@ def test_random_dags_against_reference_model(chunk):
 @given(st.integers(min_value=1000, max_value=2**32))
 def test_random_dags_hypothesis_seeds(seed):
     Sim(seed).run()
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_random_objects_against_reference_model(chunk):
+    stats = {}
+    for seed in range(chunk, 200, 4):
+        sim = Sim(seed, busy_pipelines=seed % 3 == 0, objects=True)
+        sim.run()
+        for k, v in sim.stats.items():
+            stats[k] = stats.get(k, 0) + v
+    # The seeds exercise every object event and locality decisions that matter.
+    for k in ("located", "local_choices", "input_lost_running", "input_lost_assigned", "lost_puts",
+              "lost_put_failures"):
+        assert stats[k], stats
+
+
+@settings(max_examples=30, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=1000, max_value=2**32), st.booleans())
+def test_random_objects_hypothesis_seeds(seed, busy):
+    Sim(seed, busy_pipelines=busy, objects=True).run()
 
 
 @pytest.mark.parametrize("chunk", range(2))
@@ -816,8 +1010,8 @@ import hashlib, sys
 sys.path.insert(0, {tests!r})
 from test_scheduler_random import Sim
 digest = hashlib.sha256()
-for seed in range(40):
-    sim = Sim(seed, busy_pipelines=seed % 2 == 0)
+for seed in range(48):
+    sim = Sim(seed, busy_pipelines=seed % 2 == 0, objects=seed >= 40)
     sim.run()
     digest.update("\\n".join(sim.log).encode())
 print(digest.hexdigest())

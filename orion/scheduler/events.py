@@ -156,3 +156,47 @@ class ObjectsReleased:
     """No client holds these objects any more; free them once no task needs them."""
 
     object_ids: tuple
+
+
+@dataclass(slots=True)
+class ObjectLocated:
+    """A copy of ``object_id`` (``size`` bytes) is stored on ``node_id``.
+
+    Only large objects are reported: small ones travel with the task. An object
+    may have copies on several nodes (all of the same size). Placement prefers
+    the node that holds the most bytes of a task's inputs. A report for an
+    object the scheduler does not track (never announced, or released) or for
+    a node that is not alive is ignored."""
+
+    object_id: str
+    node_id: str
+    size: int
+
+
+@dataclass(slots=True)
+class ObjectLost:
+    """Every copy of the ready object ``object_id`` is gone (its nodes died).
+
+    With ``failure`` None the owner rebuilds it from its lineage: it submits
+    the producing task again (a plain ``TaskSubmitted``) right after this
+    event, and tasks not dispatched yet wait for the new value. With a
+    ``failure`` (a put object, or a producer that may not be retried) the
+    object fails for good, and so does every task not dispatched yet that
+    needs it, transitively. Ignored for an unknown object or one not ready."""
+
+    object_id: str
+    failure: Failure | None = None
+
+
+@dataclass(slots=True)
+class InputLost:
+    """The worker given ``task_id`` (running it, or holding it queued) could
+    not fetch its input ``object_id``. The worker is free again as if the task
+    had ended; the task did not run, so no retry is used up: it waits for the
+    object if that is being rebuilt, is queued again at the front if the
+    object is ready, and fails with the object's failure if it failed. A
+    report for a task that is not on that worker is ignored."""
+
+    task_id: str
+    worker_id: str
+    object_id: str

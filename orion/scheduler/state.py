@@ -12,7 +12,12 @@ commands (``orion.scheduler.commands``) its owner must carry out. It owns:
 * resource accounting per node (totals, free now) and per worker (idle, busy,
   blocked in ``get``);
 * placement (``placement.py``), retries, failure propagation to dependents and
-  cancellation.
+  cancellation;
+* the object directory's view that placement needs: which nodes hold a copy
+  of each large object (``ObjectLocated``), so a task goes where most of its
+  input bytes already are, and what happens when every copy is gone
+  (``ObjectLost``: its consumers wait while the owner re-runs the producer,
+  or fail) or a worker cannot fetch an input (``InputLost``).
 
 It has no threads, sockets, clocks or pickles: owners call it from one thread
 (or under one lock), which keeps it deterministic and unit-testable.
@@ -24,7 +29,7 @@ from collections import deque
 from . import commands as cmd
 from . import events as ev
 from .events import Failure
-from .placement import make_policy
+from .placement import make_policy, most_local
 
 PENDING = "pending"
 READY = "ready"
@@ -59,19 +64,24 @@ class _Task:
 
 
 class _Object:
-    __slots__ = ("status", "failure", "dependents", "consumers", "release_requested")
+    __slots__ = ("status", "failure", "dependents", "consumers", "release_requested", "locations", "size")
 
     def __init__(self):
-        self.status = PENDING  # pending -> ready | failed
+        self.status = PENDING  # pending -> ready | failed; ready -> pending again when lost and rebuilt
         self.failure = None
         self.dependents = []  # ids of pending tasks waiting for this object
         self.consumers = 0  # unfinished tasks that take this object as input
         self.release_requested = False
+        # Node ids holding a copy, in the order reported (a dict as an ordered
+        # set). None until the first copy is reported: most objects are small
+        # and never located, and they should not pay for an empty dict.
+        self.locations = None
+        self.size = 0  # bytes of one copy, as last reported
 
 
 class _Node:
     __slots__ = ("node_id", "address", "total", "available", "base_workers", "workers", "idle",
-                 "starting", "alive", "running", "blocked", "pipeline")
+                 "starting", "alive", "running", "blocked", "pipeline", "objects")
 
     def __init__(self, node_id, resources, base_workers, address, pipeline=False):
         self.node_id = node_id
@@ -89,6 +99,9 @@ class _Node:
         self.running = 0
         self.blocked = 0  # workers whose task waits in get
         self.pipeline = pipeline
+        # Ids of the objects located here: losing the node forgets exactly
+        # these locations, without scanning every object.
+        self.objects = set()
 
     def free_share(self):
         total = self.total.get("CPU", 0.0)
@@ -135,6 +148,9 @@ class Scheduler:
         # classes): a task that does not fit cannot block others of another shape.
         self._ready = {}
         self._feasibility = {}  # demand shape -> fits some live node (cleared on node changes)
+        # Objects with at least one known copy. While it is zero (no large
+        # object anywhere) placement skips the locality look-up entirely.
+        self._located = 0
         self._out = []
         self._handlers = {
             ev.TaskSubmitted: self._on_submitted,
@@ -150,6 +166,9 @@ class Scheduler:
             ev.CancelRequested: self._on_cancel,
             ev.TaskRejected: self._on_rejected,
             ev.ObjectsReleased: self._on_released,
+            ev.ObjectLocated: self._on_object_located,
+            ev.ObjectLost: self._on_object_lost,
+            ev.InputLost: self._on_input_lost,
         }
 
     # ------------------------------------------------------------------ API
@@ -177,9 +196,27 @@ class Scheduler:
         obj = self._objects.get(object_id)
         return obj.status if obj else None
 
+    def object_locations(self, object_id):
+        """Ids of the nodes holding a copy of the object, in the order their
+        copies were reported ([] when none is known or the object is unknown)."""
+        obj = self._objects.get(object_id)
+        return list(obj.locations) if obj is not None and obj.locations else []
+
+    def object_size(self, object_id):
+        """Bytes of one copy of the object as last reported by ``ObjectLocated``
+        (0 when never reported), or None for an unknown object."""
+        obj = self._objects.get(object_id)
+        return obj.size if obj is not None else None
+
     def worker_task(self, worker_id):
         worker = self._workers.get(worker_id)
         return worker.task_id if worker else None
+
+    def task_spec(self, task_id):
+        """The spec of a live task (None once it is gone): the head keeps it as
+        the lineage of the task's large results."""
+        task = self._tasks.get(task_id)
+        return task.spec if task else None
 
     def return_count(self, task_id):
         """How many values a live task returns (None once it is gone)."""
@@ -386,22 +423,19 @@ class Scheduler:
             return
         worker.queued.remove(event.task_id)
         worker.sent_back = True
-        self._requeue_assigned(task)
+        self._requeue_unstarted(task)
         self._schedule()
 
-    def _requeue_assigned(self, task):
-        """An ASSIGNED task goes back to the front of the queue (it never started:
-        no retry is used up), or ends cancelled if a cancel is pending."""
+    def _requeue_unstarted(self, task):
+        """A task given back unstarted (queued on a worker that sent it back or
+        died, or whose input could not be fetched) goes back to the front of the
+        queue: no retry is used up. It ends cancelled if a cancel is pending,
+        and waits or fails if an input was lost meanwhile (``_requeue``)."""
         task.worker_id = None
         if task.cancel_requested:
             self._fail(task, _cancelled(task))
             return
-        task.state = READY
-        shape = self._shape(task.spec.demand)
-        queue = self._ready.get(shape)
-        if queue is None:
-            queue = self._ready[shape] = deque()
-        queue.appendleft(task.spec.task_id)
+        self._requeue(task, front=True)
 
     def _on_released(self, event):
         for object_id in event.object_ids:
@@ -410,6 +444,82 @@ class Scheduler:
                 continue
             obj.release_requested = True
             self._maybe_release(object_id, obj)
+
+    def _on_object_located(self, event):
+        obj = self._objects.get(event.object_id)
+        node = self._nodes.get(event.node_id)
+        if obj is None or node is None or not node.alive:
+            # Released (a late report must not bring it back), or the copy is
+            # on a node already lost.
+            return
+        obj.size = event.size
+        if not obj.locations:
+            if obj.locations is None:
+                obj.locations = {}
+            self._located += 1
+        obj.locations[event.node_id] = None
+        node.objects.add(event.object_id)
+
+    def _on_object_lost(self, event):
+        object_id = event.object_id
+        obj = self._objects.get(object_id)
+        if obj is None or obj.status != READY:
+            return  # unknown, already being rebuilt, or failed: nothing more to lose
+        self._forget_locations(object_id, obj)
+        if event.failure is None:
+            self._await_rebuild(object_id, obj)
+        else:
+            self._fail_lost_object(object_id, obj, event.failure)
+
+    def _await_rebuild(self, object_id, obj):
+        """The owner re-submits the object's producer: until it ends, every
+        consumer not dispatched yet waits for the object again (dispatched ones
+        report ``InputLost`` if they cannot fetch it)."""
+        obj.status = PENDING
+        unqueued = set()
+        # Loss is rare: scanning the live tasks for the consumers costs less
+        # overall than an index of consumers kept up on every submission.
+        for task in self._tasks.values():
+            if task.state not in (PENDING, READY) or object_id not in task.spec.dependencies:
+                continue
+            if task.state == READY:
+                task.state = PENDING
+                unqueued.add(task.spec.task_id)
+            for dep in task.spec.dependencies:
+                if dep == object_id:  # the same input twice counts twice, as on submission
+                    task.waiting += 1
+                    obj.dependents.append(task.spec.task_id)
+        if unqueued:
+            self._unqueue(unqueued)
+
+    def _fail_lost_object(self, object_id, obj, failure):
+        """The object cannot be rebuilt: it fails for good, and so does every
+        consumer not dispatched yet, with its dependents (as ``_fail`` does)."""
+        obj.status = FAILED
+        obj.failure = failure
+        # Loss is rare: scan the live tasks rather than index consumers.
+        doomed = [task for task in self._tasks.values()
+                  if task.state in (PENDING, READY) and object_id in task.spec.dependencies]
+        for task in doomed:
+            self._fail(task, failure)  # skips a task an earlier one already failed
+        self._maybe_release(object_id, obj)
+
+    def _on_input_lost(self, event):
+        task = self._tasks.get(event.task_id)
+        worker = self._workers.get(event.worker_id)
+        if task is None or worker is None or task.worker_id != event.worker_id \
+                or event.object_id not in task.spec.dependencies:
+            return  # stale: the task ended, moved on, or is not on that worker
+        if task.state == RUNNING and worker.task_id == event.task_id:
+            self._free_worker(event.worker_id)
+            task.attempt -= 1  # it never ran: retries number the attempts that did
+        elif task.state == ASSIGNED and event.task_id in worker.queued:
+            worker.queued.remove(event.task_id)
+        else:
+            return
+        self._requeue_unstarted(task)
+        self._schedule()
+        self._retire_idle_extras(self._nodes[worker.node_id])
 
     # -------------------------------------------------------------- helpers
     def _feasible(self, demand):
@@ -444,6 +554,25 @@ class Scheduler:
         else:
             queue.append(task.spec.task_id)
 
+    def _enqueue_front(self, task):
+        """Queue a task that was already dispatched once ahead of its shape's
+        queue: it was next before, it stays next."""
+        task.state = READY
+        shape = self._shape(task.spec.demand)
+        queue = self._ready.get(shape)
+        if queue is None:
+            queue = self._ready[shape] = deque()
+        queue.appendleft(task.spec.task_id)
+
+    def _unqueue(self, task_ids):
+        """Take these tasks out of their ready queues (they wait again): left in,
+        they would be queued twice once ready again."""
+        shapes = {self._shape(self._tasks[task_id].spec.demand) for task_id in task_ids}
+        for shape in shapes:
+            queue = self._ready.get(shape)
+            if queue is not None:
+                self._ready[shape] = deque(task_id for task_id in queue if task_id not in task_ids)
+
     def _schedule(self):
         """Dispatch queued tasks while some node can take them."""
         if not self._ready:
@@ -456,7 +585,7 @@ class Scheduler:
                 if task is None or task.state != READY:
                     queue.popleft()  # cancelled or failed while queued
                     continue
-                node = self._pick_node(task.spec.demand)
+                node = self._pick_node(task.spec)
                 if node is None:
                     worker = self._pick_pipelined(task.spec.demand, len(queue))
                     if worker is None:
@@ -471,7 +600,8 @@ class Scheduler:
         for shape in emptied:
             del self._ready[shape]
 
-    def _pick_node(self, demand):
+    def _pick_node(self, spec):
+        demand = spec.demand
         candidates = []
         short_of_workers = None
         for node in self._nodes.values():
@@ -481,6 +611,10 @@ class Scheduler:
                 elif short_of_workers is None and not node.starting:
                     short_of_workers = node
         if candidates:
+            if self._located and len(candidates) > 1 and self.policy.locality:
+                held = self._input_bytes(spec.dependencies)
+                if held is not None:
+                    candidates = most_local(candidates, held)
             return self.policy.choose(candidates)
         if short_of_workers is not None:
             # Resources are free but every worker is busy or blocked in get:
@@ -488,6 +622,23 @@ class Scheduler:
             short_of_workers.starting += 1
             self._out.append(cmd.StartWorker(short_of_workers.node_id))
         return None
+
+    def _input_bytes(self, dependencies):
+        """Node id -> bytes of these inputs stored there, or None when no input
+        has a known copy (small inputs: no dict built). An input named twice
+        is fetched once, so it counts once."""
+        objects = self._objects
+        held = None
+        for index, dep in enumerate(dependencies):
+            obj = objects.get(dep)
+            if obj is None or not obj.locations or dep in dependencies[:index]:
+                continue
+            if held is None:
+                held = {}
+            size = obj.size
+            for node_id in obj.locations:
+                held[node_id] = held.get(node_id, 0) + size
+        return held
 
     def _pick_pipelined(self, demand, backlog):
         """A busy worker of a pipelining node whose current task has this exact
@@ -575,7 +726,7 @@ class Scheduler:
         if worker.worker_id in node.idle:
             node.idle.remove(worker.worker_id)
         for task_id in reversed(worker.queued):  # back to the front of the queue, in order
-            self._requeue_assigned(self._tasks[task_id])
+            self._requeue_unstarted(self._tasks[task_id])
         worker.queued = []
         if worker.task_id is None:
             return
@@ -603,13 +754,79 @@ class Scheduler:
         node.available = {}
         node.idle = []
         node.starting = 0
+        self._forget_node_objects(node)
+
+    def _forget_node_objects(self, node):
+        """The node's copies are gone. Whether an object lost its last copy is
+        the owner's call (it sends ``ObjectLost``): it knows the directory."""
+        objects = self._objects
+        for object_id in node.objects:
+            obj = objects.get(object_id)
+            if obj is None or not obj.locations:
+                continue
+            obj.locations.pop(node.node_id, None)
+            if not obj.locations:
+                self._located -= 1
+        node.objects = set()
+
+    def _forget_locations(self, object_id, obj):
+        if obj.locations:
+            nodes = self._nodes
+            for node_id in obj.locations:
+                nodes[node_id].objects.discard(object_id)
+            self._located -= 1
+        obj.locations = None
 
     def _retry(self, task, reason):
+        task.worker_id = None
+        failure = self._failed_input(task)
+        if failure is not None:
+            self._fail(task, failure)  # an input was lost for good meanwhile: no retry can help
+            return
         if task.retries_left > 0:
             task.retries_left -= 1
-        task.worker_id = None
         self._out.append(cmd.Retry(task.spec.task_id, task.attempt + 1, reason))
-        self._enqueue(task)
+        self._requeue(task, front=False)
+
+    def _requeue(self, task, front):
+        """Queue again a task that was dispatched. Its inputs were ready then,
+        but one may have been lost since (``ObjectLost``): it then waits for
+        the rebuild, or fails, instead of being dispatched only to fail to
+        fetch it. (Retries and sent-back tasks are rare next to dispatches:
+        the look at the inputs costs little.)"""
+        objects = self._objects
+        pending = None
+        for dep in task.spec.dependencies:
+            obj = objects.get(dep)
+            if obj is None:  # cannot happen while the task counts as a consumer
+                self._fail(task, Failure("object_lost", f"input object {dep} is unknown to the cluster"))
+                return
+            if obj.status != READY:
+                if obj.status == FAILED:
+                    self._fail(task, obj.failure)
+                    return
+                if pending is None:
+                    pending = []
+                pending.append(obj)
+        if pending is None:
+            if front:
+                self._enqueue_front(task)
+            else:
+                self._enqueue(task)  # the back (nested tasks: the front)
+            return
+        task.state = PENDING
+        task.waiting = len(pending)
+        for obj in pending:
+            obj.dependents.append(task.spec.task_id)
+
+    def _failed_input(self, task):
+        """The failure of the first failed input of a task, or None."""
+        objects = self._objects
+        for dep in task.spec.dependencies:
+            obj = objects.get(dep)
+            if obj is not None and obj.status == FAILED:
+                return obj.failure
+        return None
 
     def _object_ready(self, obj):
         obj.status = READY
@@ -657,6 +874,8 @@ class Scheduler:
 
     def _maybe_release(self, object_id, obj):
         if obj.release_requested and obj.consumers <= 0 and obj.status != PENDING:
+            if obj.locations:
+                self._forget_locations(object_id, obj)
             del self._objects[object_id]
             self._out.append(cmd.ReleaseObject(object_id))
 
