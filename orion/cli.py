@@ -97,6 +97,7 @@ def _start_head_services(server, args):
 
 def cmd_worker(args):
     from .api import check_address
+    from .store.node_store import parse_size
     from .transport.zmq_node import NodeAgent
 
     try:
@@ -110,6 +111,9 @@ def cmd_worker(args):
         if args.num_workers < 1:
             raise ValueError(f"--num-workers must be >= 1, got {args.num_workers}")
         keys = security.load(args.keys)
+        store_memory = parse_size(args.object_store_memory) if args.object_store_memory else None
+        if store_memory is not None and store_memory < 1:
+            raise ValueError("--object-store-memory must be at least 1 byte")
     except (ValueError, json.JSONDecodeError) as exc:
         print(f"orion worker: {exc}", file=sys.stderr)
         return 2
@@ -117,7 +121,7 @@ def cmd_worker(args):
     _log_to_stdout()
     node = NodeAgent(args.address, args.num_workers, resources, args.node_id,
                      heartbeat_interval=args.heartbeat_interval, heartbeat_liveness=args.heartbeat_liveness,
-                     keys=keys)
+                     keys=keys, object_store_memory=store_memory, spill_dir=args.spill_dir)
     stopper.attach(node)
     logging.getLogger("orion.node").info("node %s starting %d workers for head %s", node.node_id,
                                          args.num_workers, args.address)
@@ -168,11 +172,18 @@ def _fmt_bytes(count):
         count /= 1024
 
 
+def _store_cell(node):
+    limit = node.get("store_limit")
+    if not limit:
+        return "-"
+    return f"{_fmt_bytes(node.get('store_bytes', 0))}/{_fmt_bytes(limit)}"
+
+
 def format_status(nodes, status=None):
     """The node table and totals; ``status`` (the head's ``status`` reply) adds the
     cluster-wide queue and the object store."""
     rows = [("NODE", "ADDRESS", "ALIVE", "CPU USED/TOTAL", "RUNNING", "QUEUED", "OTHER RESOURCES",
-             "HEARTBEAT AGE")]
+             "STORE USED/LIMIT", "HEARTBEAT AGE")]
     totals_used, totals_all, running = {}, {}, 0
     for node in nodes:
         total, free = node["resources"], node["available"]
@@ -181,7 +192,8 @@ def format_status(nodes, status=None):
         age = node.get("heartbeat_age")
         rows.append((node["node_id"], str(node["address"]), "yes" if node["alive"] else "no",
                      f"{_fmt(used.get('CPU', 0))}/{_fmt(total.get('CPU', 0))}", str(node["running"]),
-                     str(node.get("queued", 0)), other or "-", "-" if age is None else f"{age:.1f}s"))
+                     str(node.get("queued", 0)), other or "-", _store_cell(node),
+                     "-" if age is None else f"{age:.1f}s"))
         if node["alive"]:
             running += node["running"]
             for k, v in total.items():
@@ -193,9 +205,10 @@ def format_status(nodes, status=None):
     totals = ", ".join(f"{k} {_fmt(totals_used.get(k, 0))}/{_fmt(v)}" for k, v in totals_all.items()) or "CPU 0/0"
     total = f"total: {alive} alive node(s) of {len(nodes)}, {totals} used, {running} task(s) running"
     if status is not None:
+        in_nodes = status.get("node_store_bytes", 0)
         total += (f", {status['queued']} queued ({status['waiting_for_inputs']} more waiting for inputs), "
-                  f"object store {_fmt_bytes(status['object_store_bytes'])} in {status['object_store_objects']} "
-                  f"object(s)")
+                  f"object store {_fmt_bytes(status['object_store_bytes'] + in_nodes)} in "
+                  f"{status['object_store_objects']} object(s) ({_fmt_bytes(in_nodes)} of it in node stores)")
     lines.append(total)
     return "\n".join(lines)
 
@@ -295,6 +308,11 @@ def build_parser():
     worker.add_argument("--num-workers", type=int, default=os.cpu_count() or 1)
     worker.add_argument("--resources", default=None, help='custom resources as JSON, e.g. \'{"GPU": 1}\'')
     worker.add_argument("--node-id", default=None)
+    worker.add_argument("--object-store-memory", default=None, metavar="SIZE",
+                        help="memory for large objects before they spill to disk, e.g. 2GB or 500MiB "
+                             "(default 30%% of RAM, or ORION_OBJECT_STORE_MEMORY)")
+    worker.add_argument("--spill-dir", default=None, metavar="DIR",
+                        help="where objects spill past the memory limit (default a temporary directory)")
     heartbeat_flags(worker)
     worker.set_defaults(run=cmd_worker)
 

@@ -12,12 +12,13 @@ import concurrent.futures
 import contextlib
 import itertools
 import threading
+import time
 
 from . import context, ids
 from .errors import GetTimeoutError, OrionError, failure_to_error
 from .head import TaskRecord
 from .object_ref import LIFETIMES, ObjectRef
-from .object_store import Failed
+from .object_store import Failed, Remote
 from .scheduler.events import TaskSpec
 
 
@@ -93,6 +94,10 @@ class Client:
     def _decode_value(self, entry):
         return entry
 
+    def _resolve_remote(self, object_id, remote, deadline):
+        """The stored entry that replaces a ``Remote`` one (networked runtimes)."""
+        raise OrionError(f"object {object_id} lives in a node's store, which this runtime cannot reach")
+
     def _decode_failure_payload(self, payload):
         return payload
 
@@ -135,7 +140,7 @@ class Client:
         task_id = ids.new_task_id()
         return_ids = ids.return_ids(task_id, options.num_returns)
         name = options.name or remote_function._default_name
-        if nested:
+        if nested or deps:  # (a top-level ref pickles too: recorded, it is not an escape)
             with LIFETIMES.recording() as pickled:
                 encoded = self._encode_args(args, kwargs, name)
             if pickled:
@@ -181,7 +186,8 @@ class Client:
             missing = [i for i in object_ids if i not in self.store]
             raise GetTimeoutError(f"get timed out after {timeout} s; {len(missing)} of {len(object_ids)} "
                                   f"object(s) not ready, e.g. {missing[0]}")
-        values = [self._value(i) for i in object_ids]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = [self._value(i, deadline) for i in object_ids]
         return values[0] if single else values
 
     def wait(self, refs, num_returns=1, timeout=None):
@@ -321,8 +327,10 @@ class Client:
             with worker.guard():
                 self._blocked(worker.worker_id, False)
 
-    def _value(self, object_id):
+    def _value(self, object_id, deadline=None):
         entry = self.store.lookup(object_id)
+        while type(entry) is Remote:  # a large value in some node's store: map or fetch it
+            entry = self._resolve_remote(object_id, entry, deadline)
         if type(entry) is Failed:
             raise failure_to_error(entry.failure, self._decode_failure_payload)
         try:

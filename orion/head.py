@@ -7,6 +7,14 @@ stores results and failures, and delivers them to the tasks' owners and to
 whoever asked. It is single-threaded: the in-process runtime calls it under
 one lock, the ZeroMQ head from its one socket thread. Both runtimes use this
 same class, so every scheduling rule lives in exactly one place.
+
+Large values do not pass through the head: a worker leaves them in its
+node's store, and the head's store keeps a ``Remote`` entry instead — the
+object directory: size and holders. The head hands that entry to whoever
+needs the value, records new copies, tells holders to free what nothing
+uses any more, and keeps the lineage (the producing task's spec) of every
+large task result still referenced, so that a value lost with its node is
+made again by re-running its task (``_lose``).
 """
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ import os
 import time
 from collections import deque
 
-from .object_store import Failed, ObjectStore
+from .object_store import Failed, ObjectStore, Remote
 from .observe.tasklog import TaskLog
 from .scheduler import commands as cmd
 from .scheduler import events as ev
@@ -55,6 +63,15 @@ class Head:
         self.tasklog = TaskLog()  # per-task times and per-name counts (orion.observe)
         self._results = {}  # task id -> values reported, until the scheduler accepts them
         self._later = deque()  # events raised while carrying out commands
+        # The object directory beyond the Remote entries themselves:
+        self.holders = {}  # node or driver id -> its Holder (how peers reach its store)
+        self.held = {}  # node or driver id -> ids of the Remote objects it holds a copy of
+        self.lineage = {}  # id of a large task result -> spec of the task that made it
+        self._lineage_uses = {}  # object id -> lineage specs that take it as input (kept while > 0)
+        self._producers = {}  # task id -> (spec, node id) of a finished task with large results
+        self._rebuilding = set()  # ids of tasks re-run to make lost objects again
+        self.traffic = {"in": 0, "out": 0}  # bytes through the head's socket (the transport counts)
+        self.closing = False  # the whole cluster is shutting down: lost objects are not rebuilt
 
     # ----------------------------------------------------------- client side
     def register_function(self, function_id, function):
@@ -83,10 +100,21 @@ class Head:
         for return_id in spec.return_ids:  # told to the owner only: nothing is kept
             self.transport.deliver(spec.payload.owner, return_id, failed)
 
-    def put(self, peer, object_id, value):
+    def put(self, peer, object_id, value, holder_id=None):
+        """``value``: serialized inline, or a ``Remote`` held by ``holder_id``
+        (the putting worker's node, or the driver that serves it)."""
+        events = []
+        if type(value) is Remote:
+            value = Remote(value.size, (self.holders[holder_id],))
+            self.held.setdefault(holder_id, set()).add(object_id)
+            events.append(ev.ObjectLocated(object_id, holder_id, value.size))
         self.store.put(object_id, value)
         self.owners[object_id] = peer
-        self._feed([ev.ObjectPut(object_id)])
+        self._feed([ev.ObjectPut(object_id), *events])
+
+    def holder_joined(self, holder_id, holder):
+        """A node (or a driver serving its puts) can hand out objects at ``holder``."""
+        self.holders[holder_id] = holder
 
     def subscribe(self, peer, object_ids):
         """``peer`` wants these values: deliver now, or once they are stored."""
@@ -113,13 +141,23 @@ class Head:
         self._feed([ev.ObjectsReleased(tuple(object_ids))])
 
     # ----------------------------------------------------------- worker side
-    def task_done(self, worker_id, task_id, values, times=None):
-        """``times``: ``(started, finished)`` wall-clock seconds, as the worker ran it."""
+    def task_done(self, worker_id, task_id, values, times=None, node_id=None):
+        """``times``: ``(started, finished)`` wall-clock seconds, as the worker ran it.
+        A ``Remote`` value stays in the store of ``node_id``, the worker's node."""
         if times is not None:
             self.tasklog.reported(worker_id, task_id, times)
+        if node_id is not None and any(type(v) is Remote for v in values):
+            holder = (self.holders[node_id],)
+            values = [Remote(v.size, holder) if type(v) is Remote else v for v in values]
+            self._producers[task_id] = (self.scheduler.task_spec(task_id), node_id)
         self._results[task_id] = values
         self._feed([ev.TaskFinished(task_id, worker_id)])
-        self._results.pop(task_id, None)  # not accepted: a stale or cancelled attempt
+        values = self._results.pop(task_id, None)
+        if values is not None:  # not accepted (a stale or cancelled attempt): free its copies
+            self._producers.pop(task_id, None)
+            if node_id is not None:
+                self.transport.free(node_id, [r for r, v in zip(self._return_ids(task_id, values), values)
+                                              if type(v) is Remote])
 
     def task_failed(self, worker_id, task_id, failure, retryable=False, cancelled=False, times=None):
         if times is not None:
@@ -128,6 +166,80 @@ class Head:
 
     def task_rejected(self, worker_id, task_id):
         self._feed([ev.TaskRejected(task_id, worker_id)])
+
+    # ---------------------------------------------------- object directory
+    def copied(self, node_id, object_ids):
+        """``node_id`` now holds copies of these objects (a worker fetched them)."""
+        events = []
+        holder = self.holders.get(node_id)
+        for object_id in object_ids:
+            entry = self.store.lookup(object_id)
+            if type(entry) is Remote and holder is not None and holder not in entry.holders:
+                entry.holders = entry.holders + (holder,)
+                self.held.setdefault(node_id, set()).add(object_id)
+                events.append(ev.ObjectLocated(object_id, node_id, entry.size))
+            elif entry is None or object_id not in self.store:
+                self.transport.free(node_id, [object_id])  # freed meanwhile: drop the copy
+        self._feed(events)
+
+    def unreachable(self, object_id, holder_ids):
+        """A peer could not fetch ``object_id`` from these holders: forget
+        them as holders; with none left, the object is lost (``_lose``)."""
+        entry = self.store.lookup(object_id)
+        if type(entry) is not Remote:
+            return
+        gone = set(holder_ids)
+        kept = tuple(h for h in entry.holders if h.node_id not in gone)
+        for holder_id in gone:
+            self.held.get(holder_id, set()).discard(object_id)
+        entry.holders = kept
+        if not kept:
+            self._lose([object_id], f"no holder could hand it over (tried {', '.join(sorted(gone))})")
+
+    def input_lost(self, worker_id, task_id, object_id, holder_ids):
+        """A worker could not fetch an input of its task: the task waits for it again."""
+        self.unreachable(object_id, holder_ids)
+        self._feed([ev.InputLost(task_id, worker_id, object_id)])
+
+    def _lose(self, object_ids, why):
+        """Every copy of these objects is gone: re-run the tasks that made them
+        (and, first, those of their inputs that are gone too), or fail them
+        with ``object_lost`` where there is no lineage."""
+        events, specs, released = [], {}, []
+        for object_id in object_ids:
+            self._plan_rebuild(object_id, why, events, specs, released)
+        for spec in specs.values():
+            self._rebuilding.add(spec.task_id)
+            log.warning("re-running task %s to rebuild lost object(s) %s", spec.name or spec.task_id,
+                        ", ".join(spec.return_ids))
+        self.tasklog.submitted(list(specs.values()))
+        # Inputs rebuilt after their release are freed again once used.
+        self._feed(events + [ev.TaskSubmitted(spec) for spec in specs.values()]
+                   + ([ev.ObjectsReleased(tuple(released))] if released else []))
+
+    def _plan_rebuild(self, object_id, why, events, specs, released):
+        spec = self.lineage.get(object_id)
+        status = self.scheduler.object_status(object_id)
+        if spec is None or spec.max_retries == 0:
+            if status is not None:
+                reason = "it was stored by put" if spec is None else "its task has max_retries=0"
+                failure = Failure("object_lost", f"object {object_id} was lost ({why}) and cannot be rebuilt: "
+                                                 f"{reason}")
+                self.store.put(object_id, Failed(failure))
+                events.append(ev.ObjectLost(object_id, failure))
+            return
+        if spec.task_id in specs:
+            return
+        self.store.delete(object_id)  # whoever asks now waits for the rebuilt value
+        if status is not None:
+            events.append(ev.ObjectLost(object_id))
+        else:
+            released.append(object_id)
+        for dep in spec.dependencies:  # inputs gone too: rebuild them first
+            entry = self.store.lookup(dep)
+            if (entry is None or (type(entry) is Remote and not entry.holders)) and dep in self.lineage:
+                self._plan_rebuild(dep, why, events, specs, released)
+        specs[spec.task_id] = spec
 
     def worker_blocked(self, worker_id):
         self._feed([ev.WorkerBlocked(worker_id)])
@@ -141,6 +253,22 @@ class Head:
 
     def node_lost(self, node_id, reason):
         self._feed([ev.NodeLost(node_id, reason)])
+        self.holder_lost(node_id, f"node {node_id} lost: {reason}")
+
+    def holder_lost(self, holder_id, why):
+        """The copies a node (or a driver) held are gone with it."""
+        self.holders.pop(holder_id, None)
+        if self.closing:
+            return
+        lost = []
+        for object_id in self.held.pop(holder_id, ()):
+            entry = self.store.lookup(object_id)
+            if type(entry) is Remote:
+                entry.holders = tuple(h for h in entry.holders if h.node_id != holder_id)
+                if not entry.holders:
+                    lost.append(object_id)
+        if lost:
+            self._lose(sorted(lost), why)
 
     def worker_joined(self, worker_id, node_id):
         self._feed([ev.WorkerJoined(worker_id, node_id)])
@@ -177,11 +305,14 @@ class Head:
             elif kind is cmd.Publish:
                 tasklog.finished(command.task_id, now)
                 values = self._results.pop(command.task_id)
-                self._store_all(command.return_ids, values)
+                producer = self._producers.pop(command.task_id, None)
+                if producer is not None:
+                    self._record_large(command.return_ids, values, *producer)
+                self._store_all(command.return_ids, values, command.task_id)
             elif kind is cmd.FailTask:
                 tasklog.failed(command.task_id, command.failure, now)
                 failed = Failed(command.failure)
-                self._store_all(command.return_ids, [failed] * len(command.return_ids))
+                self._store_all(command.return_ids, [failed] * len(command.return_ids), command.task_id)
             elif kind is cmd.Retry:
                 tasklog.retried(command.task_id, now)
                 log.info("retrying task %s (attempt %d): %s", command.task_id, command.attempt, command.reason)
@@ -192,13 +323,68 @@ class Head:
             elif kind is cmd.StopWorker:
                 transport.stop_worker(command.worker_id)
             elif kind is cmd.ReleaseObject:
-                store.delete(command.object_id)
-                self.owners.pop(command.object_id, None)
+                object_id = command.object_id
+                entry = store.lookup(object_id)
+                if type(entry) is Remote:
+                    self._free_copies(object_id, entry)
+                store.delete(object_id)
+                self.owners.pop(object_id, None)
+                self._drop_lineage(object_id)
 
-    def _store_all(self, object_ids, entries):
+    # ------------------------------------------------- large values, lineage
+    def _record_large(self, return_ids, values, spec, node_id):
+        """Index the large results of a finished task by their holder, and keep
+        the task's spec (its lineage) while they are referenced."""
+        held = self.held.setdefault(node_id, set())
+        for object_id, value in zip(return_ids, values):
+            if type(value) is Remote:
+                held.add(object_id)
+                self.later(ev.ObjectLocated(object_id, node_id, value.size))
+                if spec is not None and object_id not in self.lineage:
+                    self.lineage[object_id] = spec
+                    for dep in spec.dependencies:
+                        self._lineage_uses[dep] = self._lineage_uses.get(dep, 0) + 1
+
+    def _drop_lineage(self, object_id):
+        """``object_id`` was released. Its spec goes unless a kept lineage
+        takes it as input (then it may be needed to rebuild that one)."""
+        if self._lineage_uses.get(object_id, 0) > 0:
+            return
+        stack = [object_id]
+        while stack:
+            spec = self.lineage.pop(stack.pop(), None)
+            if spec is None:
+                continue
+            for dep in spec.dependencies:
+                uses = self._lineage_uses.get(dep, 0) - 1
+                if uses > 0:
+                    self._lineage_uses[dep] = uses
+                    continue
+                self._lineage_uses.pop(dep, None)
+                if dep not in self.store and self.scheduler.object_status(dep) is None:
+                    stack.append(dep)  # released already: nothing keeps its lineage now
+
+    def _free_copies(self, object_id, entry):
+        for holder in entry.holders:
+            self.held.get(holder.node_id, set()).discard(object_id)
+            self.transport.free(holder.node_id, [object_id])
+
+    @staticmethod
+    def _return_ids(task_id, values):
+        from .ids import return_ids
+
+        return return_ids(task_id, len(values))
+
+    def _store_all(self, object_ids, entries, task_id=None):
         self.store.put_many(zip(object_ids, entries))
         deliver = self.transport.deliver
         owners, subscribers = self.owners, self.subscribers
+        rebuilt = task_id in self._rebuilding if self._rebuilding else False
+        if rebuilt:
+            # The owner got the first values already (and counted the task
+            # done): only those who asked again get the new ones.
+            self._rebuilding.discard(task_id)
+            owners = {}
         for object_id, entry in zip(object_ids, entries):
             owner = owners.get(object_id)
             if owner is not None:

@@ -1,8 +1,9 @@
 """A thread-safe object store keyed by object id.
 
 Each entry is either a value (whatever the runtime stores: a Python object in
-the in-process runtime, serialized frames in the networked one) or a
-``Failed`` marker holding the scheduler's ``Failure``. Readers never poll: a
+the in-process runtime, serialized frames in the networked one), a
+``Failed`` marker holding the scheduler's ``Failure``, or a ``Remote`` marker
+for a large value that lives in a node's store (``orion.store``). Readers never poll: a
 caller waiting for several ids registers one ``_Latch`` (a counter plus a
 ``threading.Event``) that the writers count down, so a ``put`` wakes only the
 callers that wait for that id.
@@ -19,6 +20,39 @@ class Failed:
 
     def __init__(self, failure):
         self.failure = failure
+
+
+class Holder(tuple):
+    """Where a copy of a large object lives: ``(node id, object server
+    address)``. A reader on that same node maps the file from the node's
+    directories, which it knows itself; any other reader fetches it from the
+    address (``orion.store.transfer``). A driver that put a value and serves it
+    holds it under its own peer id."""
+
+    __slots__ = ()
+
+    def __new__(cls, node_id, address):
+        return tuple.__new__(cls, (node_id, address))
+
+    node_id = property(lambda self: self[0])
+    address = property(lambda self: self[1])
+
+
+class Remote:
+    """Store entry for a large object kept outside this store: its size and
+    the holders of its copies (the head's object directory entry; a driver or
+    worker gets one instead of the value and fetches or maps it when used).
+    ``holders`` is a tuple, replaced (never mutated) when copies come and go,
+    so readers in other threads always see a consistent one."""
+
+    __slots__ = ("size", "holders")
+
+    def __init__(self, size, holders):
+        self.size = size
+        self.holders = tuple(holders)
+
+    def __repr__(self):
+        return f"Remote(size={self.size}, holders={[h.node_id for h in self.holders]})"
 
 
 class _Latch:

@@ -23,7 +23,8 @@ def pack(*message):
 
 
 SUBMIT_RECORD = ["t1", ["t1.0"], ["dep"], {"CPU": 1.0}, 3, "name", "f1", 1, False, b"args", 1]
-DISPATCH_RECORD = ["t1", "name", "f1", b"blob", 1, False, b"args", 1, [["dep", b"hdr", 1]]]
+DISPATCH_RECORD = ["t1", "name", "f1", b"blob", 1, False, b"args", 1,
+                   [["dep", b"hdr", 1, None], ["big", None, 5_000_000, [["n1", "tcp://127.0.0.1:5000"]]]]]
 
 # One valid body per message type.
 VALID_BODIES = {
@@ -41,17 +42,28 @@ VALID_BODIES = {
     "blocked": [],
     "unblocked": [],
     "rejected": ["t1"],
-    "done": ["t1", [[b"header", 0]], [1700000000.25, 1700000000.5]],
+    "done": ["t1", [[b"header", 0], [None, 5_000_000]], [1700000000.25, 1700000000.5]],
     "failed": ["t1", ["task_error", "boom", None], False, False, [1700000000.25, 1700000000.5]],
     "logs": [[["t1", "square", "stdout", "hello"]]],
-    "register": ["n1", {"CPU": 2.0, "GPU": 1}, 2, "127.0.0.1", 4242],
+    "register": ["n1", {"CPU": 2.0, "GPU": 1}, 2, "127.0.0.1", 4242,
+                 {"address": "tcp://127.0.0.1:5000", "limit": 1 << 30}],
+    "put_held": ["o1", 5_000_000, "tcp://127.0.0.1:5001"],
+    "lost": ["o1", ["n1"]],
+    "copied": [["o1", "o2"]],
+    "input_lost": ["t1", "o1", ["n1"]],
+    "free": [["o1"]],
+    "fetch": ["o1"],
+    "seal": ["o1", 5_000_000],
+    "object": ["o1", b"header", 1],
+    "missing": ["o1", "not held here"],
     "worker_died": ["w1", "killed by signal SIGKILL"],
     "worker_ready": ["w1"],
     "welcome": ["head", 0.5, 5],
     "registered": [1, 5],
     "reregister": [],
     "dispatch": [[DISPATCH_RECORD]],
-    "objects": [[["o1", True, b"header", 1], ["o2", False, ["cancelled", "gone", None], 0]]],
+    "objects": [[["o1", True, b"header", 1], ["o2", False, ["cancelled", "gone", None], 0],
+                 ["o3", "remote", [5_000_000, [["n1", "tcp://127.0.0.1:5000"]]], 0]]],
     "nodes_reply": [7, [{"node_id": "n1", "alive": True}]],
     "status_reply": [8, {"nodes": [], "tasks": {"ready": 0}, "object_store_bytes": 0}],
     "timeline_reply": [9, [["t1", "f", "finished", "n1", "n1-w1", 1, 1.0, 1.0, 1.5, 1.6, 2.0, 2.1]]],

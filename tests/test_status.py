@@ -53,7 +53,7 @@ def test_status_shows_running_and_queued_tasks_and_the_object_store(local_cluste
     local_cluster.wait_registered([node_id])
     orion.init(address=local_cluster.address)
     big = blob.remote(200_000)
-    assert len(orion.get(big)) == 200_000  # held at the head while we keep the ref
+    assert len(orion.get(big)) == 200_000  # kept while we keep the ref
 
     release = tmp_path / "release"
     refs = [hold.remote(str(release)) for _ in range(3)]
@@ -70,7 +70,8 @@ def test_status_shows_running_and_queued_tasks_and_the_object_store(local_cluste
     assert status["running"] == 1
     assert status["tasks"] == {"pending": 0, "ready": 1, "assigned": 1, "running": 1}
     assert status["waiting_for_inputs"] == 0
-    assert status["object_store_bytes"] >= 200_000
+    # 200 KB is over the inline limit: it stays in the node's store, the head only lists it.
+    assert status["node_store_bytes"] >= 200_000 and status["node_store_objects"] >= 1
     assert status["object_store_objects"] >= 1
     assert 0 <= status["heartbeat_lateness"] < 10
     assert status["totals"]["submitted"] == 4

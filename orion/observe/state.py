@@ -13,7 +13,7 @@ import pickle
 import sys
 import time
 
-from ..object_store import Failed
+from ..object_store import Failed, Remote
 from .tasklog import RECORD_FIELDS
 
 STREAM_SIZE = 200  # tasks in the dashboard's live stream
@@ -35,11 +35,12 @@ def _snapshot_locked(head, listing):
         "tasks": counts,
         "totals": head.tasklog.totals(),
         "entries": head.store.entries(),
+        "head_traffic_bytes": dict(head.traffic),
     }
 
 
 def _value_size(entry, serialized):
-    if type(entry) is Failed:
+    if type(entry) is Failed or type(entry) is Remote:  # a Remote lives in node stores
         return 0
     if serialized:
         header, buffers = entry
@@ -59,6 +60,9 @@ def _finish(raw, serialized):
         "waiting_for_inputs": counts.get("pending", 0),
         "object_store_bytes": sum(_value_size(e, serialized) for e in entries),
         "object_store_objects": len(entries),
+        # Large objects kept in the nodes' stores (each copy counted).
+        "node_store_bytes": sum(e.size * len(e.holders) for e in entries if type(e) is Remote),
+        "node_store_objects": sum(1 for e in entries if type(e) is Remote),
         "heartbeat_lateness": max(ages) if ages else 0.0,
     })
     return raw

@@ -30,9 +30,13 @@ class HeadTransport:
         raise NotImplementedError
 
     def deliver(self, peer_id, object_id, entry):
-        """``object_id`` is now stored (a value or ``Failed``); ``peer_id`` owns
+        """``object_id`` is now stored (a value, ``Failed`` or ``Remote``); ``peer_id`` owns
         or asked for it."""
         raise NotImplementedError
+
+    def free(self, holder_id, object_ids):
+        """Tell the node (or driver) ``holder_id`` to delete its copies of these
+        large objects. Runtimes without node stores have nothing to do."""
 
     def flush(self):
         """End of one batch of head work: send whatever was buffered."""

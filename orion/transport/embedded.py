@@ -5,6 +5,8 @@ The driver lives in the head's process, so it takes the short path: it calls
 the ``Head`` under the server's lock instead of sending messages over loopback
 (no msgpack, no socket hop), and the head puts the driver's values straight
 into the driver's store. Worker processes still talk to the head over ZeroMQ.
+The node's agent runs in this process too, so the driver maps large values
+straight from the node's shared-memory store and writes its large puts there.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import uuid
 
 from ..errors import OrionError
 from ..log_printer import LogPrinter
-from ..object_store import ObjectStore
+from ..object_store import Holder, ObjectStore, Remote
+from ..store.access import LocalNode, ObjectAccess
 from .wire_client import SerializingClient
 from .zmq_head import HeadServer
 from .zmq_node import NodeAgent
@@ -30,6 +33,9 @@ class EmbeddedClient(SerializingClient):
         self.peer_id = "c:" + uuid.uuid4().hex[:16]
         # Workers' output reaches us through a callback on the head's thread.
         self._log_printer = LogPrinter() if log_to_driver else None
+        store = node.store
+        self.local = LocalNode(node.node_id, store.shm_dir, store.spill_dir, store.memory_limit, store.sealed)
+        self.objects = ObjectAccess(server.context, node.keys, self.local)
         with server.lock:
             server.transport.local_clients[self.peer_id] = self  # the head calls self.put_entry
             server.logs.local[self.peer_id] = (self._log_printer.print_records if log_to_driver
@@ -56,10 +62,25 @@ class EmbeddedClient(SerializingClient):
         if to_send:
             self.server.wake()  # the server thread sends the dispatches (a queued task needs none)
 
-    def _send_put(self, object_id, value):
+    def _put_inline(self, object_id, value):
         self.store.put(object_id, value)
         with self.server.lock:
             self.head.put(self.peer_id, object_id, value)
+        self.server.wake()
+
+    def _put_large(self, object_id, value):
+        node = self.node
+        size = self.local.write(object_id, *value)
+        self.store.put(object_id, Remote(size, (Holder(node.node_id, node.object_server.address),)))
+        with self.server.lock:
+            self.head.put(self.peer_id, object_id, Remote(size, ()), node.node_id)
+        self.server.wake()
+        return True
+
+    def _send_lost(self, object_id, holder_ids):
+        with self.server.lock:
+            self.head.unreachable(object_id, holder_ids)
+            self.head.subscribe(self.peer_id, [object_id])
         self.server.wake()
 
     def _request(self, object_ids):
@@ -71,6 +92,9 @@ class EmbeddedClient(SerializingClient):
     def _send_release(self, object_ids):
         with self.server.lock:
             self.head.release(object_ids)
+            to_send = self.server.transport.batches or self.server.transport.singles
+        if to_send:
+            self.server.wake()  # nodes free their copies of large values
 
     def _send_cancel(self, task_id, force):
         with self.server.lock:
@@ -91,6 +115,8 @@ class EmbeddedClient(SerializingClient):
         if self.closed:
             return
         super().shutdown()
+        with self.server.lock:
+            self.head.closing = True  # the node's goodbye must not start rebuilding its objects
         self.node.stop()
         self.server.stop()
         if self._log_printer is not None:
@@ -102,7 +128,8 @@ def _drop_output(records):
 
 
 def start_embedded(num_workers, resources=None, *, policy="least_loaded", heartbeat_interval=None,
-                   heartbeat_liveness=None, node_id=None, keys=None, log_to_driver=True):
+                   heartbeat_liveness=None, node_id=None, keys=None, log_to_driver=True, object_store_memory=None,
+                   spill_dir=None):
     server = HeadServer("127.0.0.1", 0, heartbeat_interval=heartbeat_interval,
                         heartbeat_liveness=heartbeat_liveness, policy=policy, keys=keys).start()
     # Worker processes must import what this process imports (test modules, the
@@ -111,7 +138,8 @@ def start_embedded(num_workers, resources=None, *, policy="least_loaded", heartb
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     node = NodeAgent(server.address, num_workers, resources, node_id or f"local-{os.getpid()}",
                      heartbeat_interval=server.interval, heartbeat_liveness=server.liveness,
-                     worker_env=env, keys=keys).start()
+                     worker_env=env, keys=keys, object_store_memory=object_store_memory,
+                     spill_dir=spill_dir).start()
     if not server.wait_for_nodes(1, timeout=10):
         node.stop()
         server.stop()

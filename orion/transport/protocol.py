@@ -32,7 +32,11 @@ SCHEMAS = {
     "goodbye": (),
     "heartbeat": (),
     "submit": ((_L,), (_L,)),  # functions [[id, blob]], tasks [record...]
-    "put": ((_S,), (_B,), (_I,)),  # object id, header, number of buffers
+    # object id, header, number of buffers; or object id, nil, size: a large
+    # value a worker wrote into its node's store (orion.store)
+    "put": ((_S,), (_B, _N), (_I,)),
+    "put_held": ((_S,), (_I,), (_S,)),  # object id, size, address: a driver keeps and serves it
+    "lost": ((_S,), (_L,)),  # object id, [node ids] whose copies could not be fetched
     "subscribe": ((_L,),),  # object ids
     "cancel": ((_S,), (_BOOL,)),  # task id, force
     "release": ((_L,),),  # object ids
@@ -44,13 +48,17 @@ SCHEMAS = {
     "rejected": ((_S,),),  # task id: a queued task sent back unstarted
     "unblocked": (),
     # times: [started, finished], wall-clock seconds (time.time()) of the run
-    "done": ((_S,), (_L,), (_L,)),  # task id, results [[header, nbuf]], times
+    # task id, results [[header, nbuf] inline | [nil, size] in the node's store], times
+    "done": ((_S,), (_L,), (_L,)),
+    "copied": ((_L,),),  # object ids: the worker's node now holds a copy of each
+    "input_lost": ((_S,), (_S,), (_L,)),  # task id, object id, [node ids tried]: the task did not run
     "failed": ((_S,), (_L,), (_BOOL,), (_BOOL,), (_L,)),  # task id, failure, retryable, cancelled, times
     # worker -> head: [[task id, task name, stream, line]]; head -> driver/worker:
     # [[task id, worker pid, node id, task name, stream, line]] (orion.transport.logs)
     "logs": ((_L,),),
     # node -> head
-    "register": ((_S,), (_D,), (_I,), (_S,), (_I,)),  # node id, resources, workers, address, pid
+    # node id, resources, workers, address, pid, object store {address, shm_dir, spill_dir, limit}
+    "register": ((_S,), (_D,), (_I,), (_S,), (_I,), (_D,)),
     "worker_died": ((_S,), (_S,)),  # worker id, reason
     "worker_ready": ((_S,),),  # a retired worker process the node kept is available again
     # head -> peers
@@ -58,7 +66,9 @@ SCHEMAS = {
     "registered": ((_NUM), (_I,)),  # heartbeat interval, liveness
     "reregister": (),
     "dispatch": ((_L,),),  # [task record for a worker]
-    "objects": ((_L,),),  # [[object id, ok, header | failure, nbuf]]
+    # [[object id, true, header, nbuf] | [id, false, failure, 0] | [id, "remote", [size, holders], 0]]
+    "objects": ((_L,),),
+    "free": ((_L,),),  # head -> node: object ids to delete from its store
     "nodes_reply": ((_I,), (_L,)),
     "status_reply": ((_I,), (_D,)),  # request id, {nodes, tasks, queued, object_store_bytes, ...}
     "timeline_reply": ((_I,), (_L,)),  # request id, [task record (orion.observe.tasklog.RECORD_FIELDS)]
@@ -66,6 +76,11 @@ SCHEMAS = {
     "stop_worker": ((_S,),),
     "signal_worker": ((_S,), (_S,), (_BOOL,)),  # worker id, task id, force (kill) or interrupt
     "error": ((_S,),),
+    # peers -> an object server (a node's, or a driver's: orion.store.transfer)
+    "fetch": ((_S,),),  # object id
+    "seal": ((_S,), (_I,)),  # object id, size: a local worker wrote it into the node's store
+    "object": ((_S,), (_B,), (_I,)),  # object id, header, number of buffers
+    "missing": ((_S,), (_S,)),  # object id, reason
 }
 
 

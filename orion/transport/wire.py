@@ -3,7 +3,8 @@
 Task records, stored values and failures each have one encoder and one
 validating decoder here, used by the head, the nodes, the worker processes
 and the drivers alike. A stored value is ``(header, buffers)`` as produced by
-``orion.serialization.dumps``; the head never unpickles anything.
+``orion.serialization.dumps``, or a ``Remote`` marker (size and holders) for a
+large value that stays in a node's store; the head never unpickles anything.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import math
 import cloudpickle
 
 from ..head import TaskRecord
-from ..object_store import Failed
+from ..object_store import Failed, Holder, Remote
 from ..scheduler.events import FAILURE_KINDS, Failure, TaskSpec
 from .protocol import BufferCursor, ProtocolError, check
 
@@ -83,9 +84,13 @@ def encode_dispatch(spec, inputs, function_blob, frames):
     args_header, args_buffers = record.args
     frames.extend(args_buffers)
     wire_inputs = []
-    for object_id, (header, buffers) in (inputs or {}).items():
-        wire_inputs.append([object_id, header, len(buffers)])
-        frames.extend(buffers)
+    for object_id, entry in (inputs or {}).items():
+        if type(entry) is Remote:
+            wire_inputs.append([object_id, None, entry.size, encode_holders(entry.holders)])
+        else:
+            header, buffers = entry
+            wire_inputs.append([object_id, header, len(buffers), None])
+            frames.extend(buffers)
     return [spec.task_id, spec.name, record.function_id, function_blob, record.num_returns,
             _wire_retry(record.retry_exceptions), args_header, len(args_buffers), wire_inputs]
 
@@ -105,17 +110,25 @@ def decode_dispatch(raw, buffers):
     args = (args_header, cursor.take(nbuf))
     decoded_inputs = {}
     for item in inputs:
-        check(isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
-              and isinstance(item[1], bytes), "input must be [object id, header, nbuf]")
-        decoded_inputs[item[0]] = (item[1], cursor.take(item[2]))
+        check(isinstance(item, list) and len(item) == 4 and isinstance(item[0], str),
+              "input must be [object id, header, nbuf, nil] or [object id, nil, size, holders]")
+        object_id, header, count, holders = item
+        if header is None:
+            decoded_inputs[object_id] = Remote(_size(count), decode_holders(holders))
+        else:
+            check(isinstance(header, bytes), "an input's header must be bytes")
+            decoded_inputs[object_id] = (header, cursor.take(count))
     return task_id, name, function_id, blob, num_returns, retry_exc, args, decoded_inputs
 
 
 # ------------------------------------------------------------- stored values
 def encode_entry(object_id, entry, frames):
     """One ``objects`` item for a stored value or ``Failed``; buffers go to ``frames``."""
-    if type(entry) is Failed:
+    kind = type(entry)
+    if kind is Failed:
         return [object_id, False, encode_failure(entry.failure), 0]
+    if kind is Remote:
+        return [object_id, "remote", [entry.size, encode_holders(entry.holders)], 0]
     header, buffers = entry
     frames.extend(buffers)
     return [object_id, True, header, len(buffers)]
@@ -128,9 +141,12 @@ def decode_entries(items, buffers):
     result = []
     for item in items:
         check(isinstance(item, list) and len(item) == 4 and isinstance(item[0], str)
-              and isinstance(item[1], bool), "object entry must be [id, ok, value, nbuf]")
+              and (isinstance(item[1], bool) or item[1] == "remote"), "object entry must be [id, ok, value, nbuf]")
         object_id, ok, value, nbuf = item
-        if ok:
+        if ok == "remote":
+            check(isinstance(value, list) and len(value) == 2, "a remote entry must be [size, holders]")
+            result.append((object_id, Remote(_size(value[0]), decode_holders(value[1]))))
+        elif ok:
             check(isinstance(value, bytes), "object value must be bytes")
             result.append((object_id, (value, cursor.take(nbuf))))
         else:
@@ -156,10 +172,33 @@ def decode_results(results, buffers):
     cursor = BufferCursor(buffers)
     values = []
     for item in results:
-        check(isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes),
-              "result must be [header, nbuf]")
-        values.append((item[0], cursor.take(item[1])))
+        check(isinstance(item, list) and len(item) == 2, "result must be [header, nbuf] or [nil, size]")
+        if item[0] is None:  # written into the worker's node store: the head fills in the holder
+            values.append(Remote(_size(item[1]), ()))
+        else:
+            check(isinstance(item[0], bytes), "a result's header must be bytes")
+            values.append((item[0], cursor.take(item[1])))
     return values
+
+
+# ------------------------------------------------------- large-object holders
+def encode_holders(holders):
+    return [list(holder) for holder in holders]
+
+
+def decode_holders(raw):
+    check(isinstance(raw, list) and raw, "holders must be a non-empty list")
+    holders = []
+    for item in raw:
+        check(isinstance(item, list) and len(item) == 2 and all(isinstance(v, str) for v in item),
+              "a holder must be [node id, address]")
+        holders.append(Holder(*item))
+    return tuple(holders)
+
+
+def _size(value):
+    check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, "size must be an int >= 0")
+    return value
 
 
 __all__ = ["ProtocolError"]

@@ -5,21 +5,78 @@
 pickles each function once per connection. Its subclasses differ only in how
 messages reach the head: over a DEALER (``ZmqClient``), over a worker's own
 socket (``WorkerClient``), or by direct calls (``EmbeddedClient``).
+
+A large value arrives as a ``Remote`` entry (where it lives); the first use
+maps or fetches it (``self.objects``, an ``orion.store.access.ObjectAccess``)
+and keeps the result in the local store. If no holder can hand it over, the
+head hears of it (``lost``) and answers with a new copy's whereabouts, the
+rebuilt value, or the failure.
 """
 from __future__ import annotations
 
 import threading
+import time
 
 from .. import serialization
 from ..client import Client
+from ..errors import GetTimeoutError
+from ..object_store import Remote
+from ..store.access import INLINE_MAX, ObjectUnavailable, serialized_size
 from . import wire
 
 
 class SerializingClient(Client):
+    inline_max = INLINE_MAX  # larger put values stay out of messages (see put_large)
+
     def __init__(self, store):
         super().__init__(store)
         self._sent_functions = set()
         self._functions_lock = threading.Lock()
+        self.objects = None  # ObjectAccess, set by subclasses that can read node stores
+
+    # ------------------------------------------------------- large values
+    def _send_put(self, object_id, value):
+        header, buffers = value
+        if serialized_size(header, buffers) > self.inline_max and self._put_large(object_id, value):
+            return
+        self._put_inline(object_id, value)
+
+    def _put_inline(self, object_id, value):
+        raise NotImplementedError
+
+    def _put_large(self, object_id, value):
+        """Keep a large put value out of the head's messages; False: cannot here."""
+        return False
+
+    def _resolve_remote(self, object_id, remote, deadline):
+        if self.objects is None:
+            return super()._resolve_remote(object_id, remote, deadline)
+        try:
+            header, buffers, copied = self.objects.read(object_id, remote)
+        except ObjectUnavailable as exc:
+            # Ask the head again: it drops the holders that failed us and sends
+            # another copy's whereabouts, the rebuilt value, or the failure.
+            self.store.delete(object_id)
+            self._send_lost(object_id, exc.failed)
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._wait_for_again(object_id, timeout):
+                raise GetTimeoutError(f"get timed out while object {object_id} was being fetched again "
+                                      f"({exc})") from None
+            return self.store.lookup(object_id)
+        if copied:
+            self._send_copied([object_id])
+        value = (header, buffers)
+        self.store.put(object_id, value)  # later gets in this process use it as it is
+        return value
+
+    def _wait_for_again(self, object_id, timeout):
+        return self._wait_for([object_id], None, timeout)
+
+    def _send_lost(self, object_id, holder_ids):
+        raise NotImplementedError
+
+    def _send_copied(self, object_ids):
+        """Our node holds copies of these now (only worker processes keep copies)."""
 
     def _new_functions(self, remote_function):
         """``[[function id, pickled function]]`` the first time, else ``[]``."""

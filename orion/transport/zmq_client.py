@@ -7,6 +7,10 @@ DEALER socket: it sends the outbox in batches (consecutive submissions become
 one message) and puts incoming values into the local ``ObjectStore``, where
 ``get`` waits for them. Results of tasks this driver submitted are pushed to
 it by the head; other values are asked for with ``subscribe``.
+
+A large ``put`` value stays here: the I/O thread serves it on an object
+server of its own (``orion.store.transfer``) and the head only records where
+it is. Large values made by tasks are fetched from the nodes that hold them.
 """
 from __future__ import annotations
 
@@ -21,9 +25,11 @@ import uuid
 
 import zmq
 
-from .. import ids
+from .. import ids, security
 from ..errors import OrionError
 from ..log_printer import LogPrinter
+from ..store import transfer
+from ..store.access import ObjectAccess, serialized_size
 from . import protocol, wire
 from .logs import decode_peer_records
 from .protocol import ProtocolError
@@ -59,6 +65,10 @@ class ZmqClient(SerializingClient):
         self._wanted = set()  # foreign objects subscribed to and not arrived yet
         self._heartbeat_interval = None  # from the head's welcome
         self._stopping = False
+        self.objects = ObjectAccess(self.context, keys)
+        self._object_server = None  # serves our large puts; made by the I/O thread
+        self._object_server_ready = threading.Event()
+        self._auth = None  # ZAP authenticator for the object server (with keys)
         self._io = threading.Thread(target=self._io_loop, name="orion-client-io", daemon=True)
         self._io.start()
         self._post(("hello", ["client", self.peer_id, None, os.getpid()], ()))
@@ -80,12 +90,31 @@ class ZmqClient(SerializingClient):
                 self._unfinished[spec.task_id] = (record, spec.payload.args[1])
         self._post(("submit", body, frames))
 
-    def _send_put(self, object_id, value):
+    def _put_inline(self, object_id, value):
         header, buffers = value
         self.store.put(object_id, value)
         with self._owned_lock:
             self._put_ids.append(object_id)
         self._post(("put", [object_id, header, len(buffers)], buffers))
+
+    def _put_large(self, object_id, value):
+        self._object_server_ready.wait(5)
+        if self._object_server is None:
+            return False  # we cannot serve it (see _io_loop): it goes through the head
+        self.store.put(object_id, value)
+        with self._owned_lock:
+            self._put_ids.append(object_id)
+        self._post(("put_held", [object_id, serialized_size(*value), self._object_server.address], ()))
+        return True
+
+    def _send_lost(self, object_id, holder_ids):
+        with self._owned_lock:
+            self._wanted.add(object_id)
+        self._post(("lost", [object_id, list(holder_ids)], ()))
+
+    def _serve_lookup(self, object_id):
+        entry = self.store.lookup(object_id)
+        return entry if type(entry) is tuple else None
 
     def _request(self, object_ids):
         # Results of our own tasks come without asking.
@@ -129,6 +158,8 @@ class ZmqClient(SerializingClient):
         self._stopping = True
         self._wake()
         self._io.join(timeout=5)
+        if self._auth is not None:
+            self._auth.stop()
         self.context.term()
         if self._log_printer is not None:
             self._log_printer.close()
@@ -158,6 +189,9 @@ class ZmqClient(SerializingClient):
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)
+        server = self._start_object_server()
+        if server is not None:
+            poller.register(server.socket, zmq.POLLIN)
         next_heartbeat = 0.0
         try:
             while True:
@@ -173,13 +207,38 @@ class ZmqClient(SerializingClient):
                     self._flush_outbox(sock)
                 if sock in ready:
                     self._receive_all(sock)
+                if server is not None and server.socket in ready:
+                    server.handle_ready()
                 if self._stopping:
                     self._flush_outbox(sock)
                     break
         finally:
             sock.close(linger=200)
+            if server is not None:
+                server.close()
             os.close(self._wake_read)
             os.close(self._wake_write)
+
+    def _start_object_server(self):
+        """Our object server, bound where the cluster's nodes can reach it: on
+        loopback for a head on loopback; on all interfaces only with keys."""
+        host = self.address.rsplit(":", 1)[0][len("tcp://"):]
+        try:
+            if security.is_loopback(host):
+                self._object_server = transfer.ObjectServer(self.context, "127.0.0.1", self._serve_lookup,
+                                                            keys=self._keys)
+            elif self._keys is not None:
+                import socket as socketlib
+
+                self._auth = self._keys.start_authenticator(self.context)
+                server = transfer.ObjectServer(self.context, "*", self._serve_lookup, keys=self._keys)
+                server.address = server.address.replace("*", socketlib.gethostname(), 1)
+                self._object_server = server
+        except zmq.ZMQError as exc:
+            log.warning("cannot serve large put values (%s); they go through the head", exc)
+        finally:
+            self._object_server_ready.set()
+        return self._object_server
 
     def _flush_outbox(self, sock):
         outbox = self._outbox

@@ -23,6 +23,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from .. import security
 from ..head import Head
+from ..object_store import Holder, Remote
 from ..observe import state as observe_state
 from ..scheduler.events import Failure
 from . import protocol, wire
@@ -69,7 +70,7 @@ def worker_identity(worker_id):
 
 
 class _NodeEntry:
-    __slots__ = ("node_id", "identity", "address", "pid", "last_seen", "alive", "workers")
+    __slots__ = ("node_id", "identity", "address", "pid", "last_seen", "alive", "workers", "store_limit")
 
     def __init__(self, node_id, identity, address, pid, now):
         self.node_id = node_id
@@ -79,6 +80,7 @@ class _NodeEntry:
         self.last_seen = now
         self.alive = True
         self.workers = set()
+        self.store_limit = 0  # bytes of memory its object store may use before spilling
 
 
 class ZmqHeadTransport(HeadTransport):
@@ -120,6 +122,12 @@ class ZmqHeadTransport(HeadTransport):
             return
         items, frames = self._batch(peer_id.encode("latin-1"), "objects")
         items.append(wire.encode_entry(object_id, entry, frames))
+
+    def free(self, holder_id, object_ids):
+        node = self.server.nodes.get(holder_id)
+        if node is not None and node.alive and object_ids:
+            items, _ = self._batch(node.identity, "free")
+            items.extend(object_ids)
 
     def interrupt(self, worker_id, task_id, force):
         node = self.server.node_of_worker(worker_id)
@@ -205,7 +213,8 @@ class HeadServer:
             "put": self._on_put, "subscribe": self._on_subscribe, "cancel": self._on_cancel,
             "release": self._on_release, "nodes": self._on_nodes, "blocked": self._on_blocked,
             "unblocked": self._on_unblocked, "rejected": self._on_rejected, "done": self._on_done,
-            "failed": self._on_failed, "status": self._on_status, "timeline": self._on_timeline, "logs": self.logs.on_logs,
+            "failed": self._on_failed, "put_held": self._on_put_held, "copied": self._on_copied,
+            "lost": self._on_lost, "input_lost": self._on_input_lost, "status": self._on_status, "timeline": self._on_timeline, "logs": self.logs.on_logs,
         }
 
     # ---------------------------------------------------------- lifecycle
@@ -297,9 +306,13 @@ class HeadServer:
             identity = first.bytes
             frames = [identity]
             frame = first
+            size = 0
             while frame.more:  # Frame.more avoids a getsockopt per frame
                 frame = router.recv(copy=False)
-                frames.append(frame.bytes)
+                data = frame.bytes
+                size += len(data)
+                frames.append(data)
+            self.head.traffic["in"] += size
             if identity[:2] == b"n:":
                 # Remember which connection a node speaks on, to notice at once
                 # when that connection drops (see _connection_events).
@@ -358,6 +371,7 @@ class HeadServer:
             self._send(identity, frames)
 
     def _send(self, identity, frames):
+        self.head.traffic["out"] += sum(memoryview(f).nbytes for f in frames)
         try:
             self.router.send_multipart([identity, *frames], copy=False)
         except zmq.ZMQError as exc:
@@ -374,6 +388,7 @@ class HeadServer:
             self.head.worker_lost(name, "its connection to the head is gone")
         elif kind == "c":
             self.clients.discard(identity)
+            self.head.holder_lost(identity.decode("latin-1"), "its driver disconnected")
 
     def _tick(self, now):
         deadline = self.interval * self.liveness
@@ -439,8 +454,10 @@ class HeadServer:
         self.head.worker_joined(worker_id, node.node_id)
 
     def _on_register(self, identity, body, buffers):
-        node_id, resources, num_workers, address, _pid = body
+        node_id, resources, num_workers, address, _pid, store = body
         check(identity == b"n:" + node_id.encode(), "a node's identity must be n:<node id>")
+        check(isinstance(store.get("address"), str) and store["address"].startswith("tcp://"),
+              "the node's object store must give its tcp:// address")
         check(all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
                   for k, v in resources.items()), "resources must map names to amounts >= 0")
         check(num_workers >= 0, "num_workers must be >= 0")
@@ -449,6 +466,8 @@ class HeadServer:
             self._lose_node(old, "node re-registered")
         verb = "registered" if old is None else "re-registered"
         node = _NodeEntry(node_id, identity, address, _pid, time.monotonic())
+        limit = store.get("limit")
+        node.store_limit = limit if isinstance(limit, int) and not isinstance(limit, bool) else 0
         with self.node_registered:
             self.nodes[node_id] = node
             self.node_registered.notify_all()
@@ -456,6 +475,7 @@ class HeadServer:
         # the network round trip between two tasks.
         self.head.node_joined(node_id, {k: float(v) for k, v in resources.items()}, num_workers, address,
                               pipeline=PIPELINE_DEPTH)
+        self.head.holder_joined(node_id, Holder(node_id, store["address"]))
         log.info("node %s %s from %s: %d workers, resources %s", node_id, verb, address, num_workers, resources)
         self._send(identity, protocol.encode("registered", [self.interval, self.liveness]))
         for worker_id in self.pending_workers.pop(node_id, []):
@@ -477,6 +497,7 @@ class HeadServer:
             del self.nodes[node.node_id]
         else:
             self.clients.discard(identity)
+            self.head.holder_lost(identity.decode("latin-1"), "its driver said goodbye")
 
     def _on_worker_ready(self, identity, body, buffers):
         node = self._peer_node(identity)
@@ -515,9 +536,39 @@ class HeadServer:
         self.head.submit(specs)
 
     def _on_put(self, identity, body, buffers):
-        object_id, header, nbuf = body
-        values = protocol.BufferCursor(buffers).take(nbuf)
+        object_id, header, count = body
+        if header is None:  # a worker wrote it into its node's store
+            worker_id = self._peer_worker(identity)
+            check(count >= 0, "size must be >= 0")
+            self.head.put(identity.decode("latin-1"), object_id, Remote(count, ()), self.worker_nodes[worker_id])
+            return
+        values = protocol.BufferCursor(buffers).take(count)
         self.head.put(identity.decode("latin-1"), object_id, (header, values))
+
+    def _on_put_held(self, identity, body, buffers):
+        object_id, size, address = body
+        check(identity[:2] == b"c:", "only drivers keep the values they put")
+        check(size >= 0 and address.startswith("tcp://"), "put_held needs a size >= 0 and a tcp:// address")
+        peer = identity.decode("latin-1")
+        self.head.holder_joined(peer, Holder(peer, address))
+        self.head.put(peer, object_id, Remote(size, ()), peer)
+
+    def _on_copied(self, identity, body, buffers):
+        worker_id = self._peer_worker(identity)
+        check(all(isinstance(i, str) for i in body[0]), "object ids must be strings")
+        self.head.copied(self.worker_nodes[worker_id], body[0])
+
+    def _on_lost(self, identity, body, buffers):
+        object_id, holder_ids = body
+        check(all(isinstance(i, str) for i in holder_ids), "holder ids must be strings")
+        self.head.unreachable(object_id, holder_ids)
+        self.head.subscribe(identity.decode("latin-1"), [object_id])  # the new copy, or the failure
+
+    def _on_input_lost(self, identity, body, buffers):
+        worker_id = self._peer_worker(identity)
+        task_id, object_id, holder_ids = body
+        check(all(isinstance(i, str) for i in holder_ids), "holder ids must be strings")
+        self.head.input_lost(worker_id, task_id, object_id, holder_ids)
 
     def _on_subscribe(self, identity, body, buffers):
         object_ids = body[0]
@@ -542,8 +593,15 @@ class HeadServer:
         for info in self.head.scheduler.nodes():
             entry = self.nodes.get(info["node_id"])
             info["heartbeat_age"] = round(now - entry.last_seen, 3) if entry else None
+            info["store_limit"] = entry.store_limit if entry else 0
+            info["store_bytes"] = self._held_bytes(info["node_id"])
             listing.append(info)
         return observe_state.node_table_locked(self.head, listing)
+
+    def _held_bytes(self, node_id):
+        """Bytes of the large objects the head knows a node holds (its store's use)."""
+        lookup = self.head.store.lookup
+        return sum(getattr(lookup(object_id), "size", 0) for object_id in self.head.held.get(node_id, ()))
 
     def _on_status(self, identity, body, buffers):
         status = observe_state.status_locked(self.head, self.node_listing())
@@ -573,7 +631,7 @@ class HeadServer:
             self.head.task_failed(worker_id, task_id, Failure(
                 "task_error", f"worker {worker_id} sent {len(values)} results for a task with {expected}"))
             return
-        self.head.task_done(worker_id, task_id, values, times)
+        self.head.task_done(worker_id, task_id, values, times, self.worker_nodes[worker_id])
 
     def _on_failed(self, identity, body, buffers):
         worker_id = self._peer_worker(identity)

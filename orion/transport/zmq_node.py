@@ -7,6 +7,12 @@ head and watches the head's heartbeats (Paranoid Pirate): when the head falls
 silent it reconnects with backoff and registers again. A thread per worker
 process waits for its exit and wakes the loop through a pipe, so the head
 learns of a death at once and the node starts a replacement.
+
+The node also keeps the large objects its workers make (``orion.store``):
+files in a shared-memory directory that its worker processes map directly,
+spilled to disk past ``object_store_memory``, served to other nodes and
+drivers on an object server socket of its own (the same thread polls it),
+and freed when the head says nothing needs them any more.
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ import time
 import zmq
 
 from .. import security
+from ..store import transfer
+from ..store.node_store import NodeStore, default_memory_limit
 from . import protocol
 from .protocol import ProtocolError
 from .zmq_head import heartbeat_settings
@@ -53,7 +61,7 @@ class _WorkerProcess:
 
 class NodeAgent:
     def __init__(self, address, num_workers, resources=None, node_id=None, *, heartbeat_interval=None,
-                 heartbeat_liveness=None, worker_env=None, keys=None):
+                 heartbeat_liveness=None, worker_env=None, keys=None, object_store_memory=None, spill_dir=None):
         self.head_address = address
         self.num_workers = num_workers
         self.resources = {"CPU": float(num_workers)}
@@ -66,8 +74,21 @@ class NodeAgent:
         if keys is not None:  # worker processes use the same cluster keys
             self.worker_env[security.KEYS_ENV] = keys.directory
         host = address.rsplit(":", 1)[0][len("tcp://"):]
-        self.address = host if host in ("127.0.0.1", "localhost") else socketlib.gethostname()
+        loopback = host in ("127.0.0.1", "localhost")
+        self.address = host if loopback else socketlib.gethostname()
         self.context = zmq.Context()
+        # The object store and its server: peers fetch this node's objects
+        # from here, never through the head.
+        NodeStore.cleanup_stale()  # what killed nodes of this machine left behind
+        self.store = NodeStore(self.node_id, object_store_memory or default_memory_limit(), spill_dir=spill_dir)
+        self._auth = keys.start_authenticator(self.context) if keys is not None else None
+        self.object_server = transfer.ObjectServer(self.context, "127.0.0.1" if loopback else "*", self.store.open,
+                                                   self.store.sealed, keys)
+        if not loopback:  # advertise a name other machines can reach
+            self.object_server.address = self.object_server.address.replace("*", self.address, 1)
+        self.worker_env.update(ORION_STORE_SHM_DIR=self.store.shm_dir, ORION_STORE_SPILL_DIR=self.store.spill_dir,
+                               ORION_STORE_LIMIT=str(self.store.memory_limit),
+                               ORION_STORE_ADDRESS=self.object_server.address.replace("*", "127.0.0.1"))
         self.socket = None
         self.workers = {}  # worker id -> _WorkerProcess
         self.dormant = []  # ids of retired extra workers kept alive for reuse
@@ -112,12 +133,17 @@ class NodeAgent:
             self.keys.as_client(self.socket)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(self.head_address)
-        self._send("register", [self.node_id, self.resources, self.num_workers, self.address, os.getpid()])
+        self._send("register", self._registration())
+
+    def _registration(self):
+        store = {"address": self.object_server.address, "limit": self.store.memory_limit}
+        return [self.node_id, self.resources, self.num_workers, self.address, os.getpid(), store]
 
     def _serve(self):
         self._connect()
         poller = zmq.Poller()
         poller.register(self._wake_read, zmq.POLLIN)
+        poller.register(self.object_server.socket, zmq.POLLIN)
         backoff = self.interval
         head_seen = time.monotonic()
         next_heartbeat = head_seen + self.interval
@@ -128,6 +154,8 @@ class NodeAgent:
             if self._wake_read in ready:
                 os.read(self._wake_read, 4096)
                 self._reap()
+            if self.object_server.socket in ready:
+                self.object_server.handle_ready()
             if self.socket in ready:
                 while True:
                     try:
@@ -187,8 +215,7 @@ class NodeAgent:
             pass
         elif msg_type == "reregister":
             self.registered.clear()
-            self._send("register", [self.node_id, self.resources, self.num_workers, self.address,
-                                    os.getpid()])
+            self._send("register", self._registration())
         elif msg_type == "start_worker":
             self._start_extra_worker()
         elif msg_type == "stop_worker":
@@ -215,6 +242,12 @@ class NodeAgent:
                         worker.process.stdin.flush()
                     except OSError:
                         pass  # it is exiting; its death gets reported
+        elif msg_type == "free":
+            object_ids = [i for i in body[0] if isinstance(i, str)]
+            try:
+                self.store.free(object_ids)
+            except ValueError as exc:  # an id that cannot be a file name
+                log.warning("the head asked to free a bad object id: %s", exc)
         elif msg_type == "error":
             log.warning("the head says: %s", body[0])
         else:
@@ -297,6 +330,10 @@ class NodeAgent:
         self.workers.clear()
         if self.socket is not None:
             self.socket.close(linger=500 if said_goodbye else 0)  # let the goodbye leave
+        self.object_server.close()
+        if self._auth is not None:
+            self._auth.stop()
         self.context.term()
+        self.store.close()
         os.close(self._wake_read)
         os.close(self._wake_write)

@@ -26,8 +26,9 @@ import time
 import cloudpickle
 import zmq
 
-from .. import api, context, execution, gc_tuning, security, serialization
-from ..object_store import ObjectStore
+from .. import api, context, execution, gc_tuning, ids, security, serialization
+from ..object_store import Holder, ObjectStore, Remote
+from ..store.access import INLINE_MAX, LocalNode, ObjectAccess, ObjectUnavailable, serialized_size
 from ..scheduler.events import Failure
 from . import protocol, wire
 from .logs import decode_peer_records
@@ -52,10 +53,25 @@ class WorkerClient(SerializingClient):
         self.worker.children.update(spec.task_id for spec in specs)  # their output comes to us
         self.worker.send("submit", body, frames)
 
-    def _send_put(self, object_id, value):
+    def _put_inline(self, object_id, value):
         header, buffers = value
         self.store.put(object_id, value)
         self.worker.send("put", [object_id, header, len(buffers)], buffers)
+
+    def _put_large(self, object_id, value):
+        local = self.worker.local
+        if local is None:
+            return False
+        size = local.write(object_id, *value)
+        self.store.put(object_id, Remote(size, (Holder(local.node_id, ""),)))
+        self.worker.send("put", [object_id, None, size])
+        return True
+
+    def _send_lost(self, object_id, holder_ids):
+        self.worker.send("lost", [object_id, list(holder_ids)])
+
+    def _send_copied(self, object_ids):
+        self.worker.send("copied", [list(object_ids)])
 
     def _request(self, object_ids):
         self.worker.send("subscribe", [list(object_ids)])
@@ -89,7 +105,12 @@ class Worker:
         self.socket.connect(address)
         self.functions = {}
         self._function_blobs = {}  # function id -> pickled function, received but not loaded yet
+        # Large values: this node's store (mapped directly) and other nodes' (fetched).
+        self._store_socket = None  # DEALER to the node's object server, for seal notes
+        self.local = LocalNode.from_environment(node_id, self._seal)
+        self.objects = ObjectAccess(self.context, keys, self.local, keep_copies=True)
         self.client = WorkerClient(self)
+        self.client.objects = self.objects
         self._task_id = None
         self._in_runtime = 0
         self._polling = False
@@ -150,6 +171,16 @@ class Worker:
             if remaining <= 0 or not self._receive(remaining * 1000):
                 raise TimeoutError(f"the head did not answer {msg_type} in {timeout} s")
         return self._replies.pop(msg_type)[1]
+
+    def _seal(self, object_id, size):
+        """Tell our node we wrote ``object_id`` into its store (it accounts and spills)."""
+        if self._store_socket is None:
+            self._store_socket = self.context.socket(zmq.DEALER)
+            self._store_socket.setsockopt(zmq.LINGER, 1000)
+            if self.objects.keys is not None:
+                self.objects.keys.as_client(self._store_socket)
+            self._store_socket.connect(os.environ["ORION_STORE_ADDRESS"])
+        self._store_socket.send_multipart(protocol.encode("seal", [object_id, size]))
 
     # ---------------------------------------------------------- task context (see orion.context)
     @contextlib.contextmanager
@@ -240,7 +271,10 @@ class Worker:
             output = self.output
             output.start(task_id, name)
             try:
-                outcome = self._execute(name, function_id, blob, num_returns, retry_exc, args, inputs)
+                inputs = self._read_inputs(task_id, inputs)
+                # None: an input could not be had; the head was told and runs the task again later.
+                outcome = None if inputs is None else \
+                    self._execute(name, function_id, blob, num_returns, retry_exc, args, inputs)
                 with self._cancel_lock:
                     self._task_id = None
             except KeyboardInterrupt:  # a cancel that landed just outside the function
@@ -253,11 +287,21 @@ class Worker:
                 if self.children:
                     self.children.clear()
         self.client.store = ObjectStore()  # values fetched by this task are not kept
+        if outcome is None:
+            return
         if outcome.failure is None:
             frames, results = [], []
+            local = self.local
             try:
-                for value in outcome.values:
+                for object_id, value in zip(ids.return_ids(task_id, num_returns), outcome.values):
                     header, buffers = serialization.dumps(value, f"the result of task {name}")
+                    if local is not None and serialized_size(header, buffers) > INLINE_MAX:
+                        # Large: it stays in this node's store; the head only learns its size.
+                        try:
+                            results.append([None, local.write(object_id, header, buffers)])
+                            continue
+                        except OSError as exc:  # no room in the store: send it inline instead
+                            log.warning("could not store the result of %s in the node's store: %s", name, exc)
                     results.append([header, len(buffers)])
                     frames.extend(buffers)
             except serialization.SerializationError as exc:
@@ -269,6 +313,30 @@ class Worker:
         self.send("failed", [task_id, wire.encode_failure(Failure(failure.kind, failure.message,
                                                                   _pickle_payload(failure.payload))),
                              outcome.retryable, outcome.cancelled, [started, max(started, time.time())]])
+
+    def _read_inputs(self, task_id, inputs):
+        """Inputs with each ``Remote`` one mapped (held by this node) or fetched
+        (held elsewhere; the copy is kept here and reported). None when one
+        cannot be had: the head hears ``input_lost`` and runs the task again
+        once the input is available (rebuilt if need be)."""
+        if not inputs or all(type(entry) is not Remote for entry in inputs.values()):
+            return inputs
+        resolved, copied = {}, []
+        for object_id, entry in inputs.items():
+            if type(entry) is Remote:
+                try:
+                    header, buffers, was_copied = self.objects.read(object_id, entry)
+                except ObjectUnavailable as exc:
+                    log.warning("task %s: %s", task_id, exc)
+                    self.send("input_lost", [task_id, object_id, list(exc.failed)])
+                    return None
+                entry = (header, buffers)
+                if was_copied:
+                    copied.append(object_id)
+            resolved[object_id] = entry
+        if copied:
+            self.send("copied", [copied])
+        return resolved
 
     def _execute(self, name, function_id, blob, num_returns, retry_exc, args, inputs):
         try:

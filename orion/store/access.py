@@ -1,0 +1,114 @@
+"""How one process reads and writes large objects.
+
+A process that belongs to a node (a worker process, or the driver of an
+embedded cluster, which runs the node's agent) maps an object held by its
+own node straight from the node's shared-memory or spill directory: no
+socket, no copy. An object held elsewhere is fetched from a holder's object
+server (``transfer.fetch``); a worker then keeps the copy in its node's store
+(so the next task on this node maps it) and reports it, so the head's
+directory lists this node as a holder too.
+"""
+from __future__ import annotations
+
+import os
+
+from . import shm_format, transfer
+from .node_store import open_object, validate_object_id
+
+# A value whose pickle (header plus buffers) is at most this many bytes travels
+# inline in messages; a larger one stays in its node's store (Ray: 100 KiB).
+INLINE_MAX = int(os.environ.get("ORION_INLINE_MAX", 100 * 1024))
+
+
+def serialized_size(header, buffers):
+    return len(header) + sum(memoryview(b).nbytes for b in buffers)
+
+
+class ObjectUnavailable(Exception):
+    """No holder could hand the object over; ``failed`` names the holders tried."""
+
+    def __init__(self, object_id, failed, reasons):
+        self.object_id = object_id
+        self.failed = failed
+        super().__init__(f"object {object_id} could not be fetched from any holder: " + "; ".join(reasons))
+
+
+class LocalNode:
+    """The directories of the node this process belongs to, and how to tell it
+    about objects written into them (``seal(object_id, size)``)."""
+
+    def __init__(self, node_id, shm_dir, spill_dir, limit, seal):
+        self.node_id = node_id
+        self.shm_dir = shm_dir
+        self.spill_dir = spill_dir
+        self.limit = limit
+        self.seal = seal
+
+    def open(self, object_id):
+        """``(header, buffers)`` mapped from the node's store, or None."""
+        try:
+            return open_object(self.shm_dir, self.spill_dir, object_id)
+        except (KeyError, FileNotFoundError):  # never here, or freed meanwhile
+            return None
+
+    def write(self, object_id, header, buffers):
+        """Write a value into the node's store (straight to disk when it alone
+        is over the memory limit); returns its size."""
+        validate_object_id(object_id)
+        size = shm_format.object_size(header, buffers)
+        directory = self.spill_dir if size > self.limit else self.shm_dir
+        os.makedirs(directory, exist_ok=True)
+        shm_format.write_object(os.path.join(directory, object_id), header, buffers)
+        self.seal(object_id, size)
+        return size
+
+    @classmethod
+    def from_environment(cls, node_id, seal):
+        """The node's store as its agent describes it to its worker processes."""
+        shm_dir = os.environ.get("ORION_STORE_SHM_DIR")
+        if not shm_dir:
+            return None
+        return cls(node_id, shm_dir, os.environ["ORION_STORE_SPILL_DIR"],
+                   int(os.environ["ORION_STORE_LIMIT"]), seal)
+
+
+class ObjectAccess:
+    """Reads ``Remote`` entries for one process. ``keep_copies``: write what
+    was fetched into the local node's store (worker processes do)."""
+
+    def __init__(self, context, keys=None, local=None, keep_copies=False):
+        self.context = context
+        self.keys = keys
+        self.local = local
+        self.keep_copies = keep_copies and local is not None
+
+    def read(self, object_id, remote):
+        """``(header, buffers, copied)``; ``copied`` is True when this call made
+        a new copy on the local node. Raises ``ObjectUnavailable``."""
+        local = self.local
+        holders = remote.holders
+        failed, reasons = [], []
+        if local is not None:
+            for holder in holders:
+                if holder.node_id == local.node_id:
+                    value = local.open(object_id)
+                    if value is not None:
+                        return value[0], value[1], False
+                    failed.append(holder.node_id)
+                    reasons.append(f"node {holder.node_id} (this node) no longer has it")
+        for holder in holders:
+            if local is not None and holder.node_id == local.node_id:
+                continue
+            try:
+                header, buffers = transfer.fetch(self.context, holder.address, object_id, remote.size, self.keys)
+            except transfer.FetchError as exc:
+                failed.append(holder.node_id)
+                reasons.append(str(exc))
+                continue
+            if self.keep_copies:
+                local.write(object_id, header, buffers)
+                mapped = local.open(object_id)
+                if mapped is not None:  # the mapped copy: the received frames can go
+                    return mapped[0], mapped[1], True
+            return header, buffers, False
+        raise ObjectUnavailable(object_id, failed, reasons or ["no holders"])
