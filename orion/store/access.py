@@ -51,15 +51,17 @@ class LocalNode:
         except (KeyError, FileNotFoundError):  # never here, or freed meanwhile
             return None
 
-    def write(self, object_id, header, buffers):
+    def write(self, object_id, header, buffers, seal=True):
         """Write a value into the node's store (straight to disk when it alone
-        is over the memory limit); returns its size."""
+        is over the memory limit); returns its size. ``seal=False``: the
+        caller tells the node itself (``seal`` may be for one thread only)."""
         validate_object_id(object_id)
         size = shm_format.object_size(header, buffers)
         directory = self.spill_dir if size > self.limit else self.shm_dir
         os.makedirs(directory, exist_ok=True)
         shm_format.write_object(os.path.join(directory, object_id), header, buffers)
-        self.seal(object_id, size)
+        if seal:
+            self.seal(object_id, size)
         return size
 
     @classmethod
@@ -83,8 +85,12 @@ class ObjectAccess:
         self.keep_copies = keep_copies and local is not None
 
     def read(self, object_id, remote):
-        """``(header, buffers, copied)``; ``copied`` is True when this call made
-        a new copy on the local node. Raises ``ObjectUnavailable``."""
+        """``(header, buffers, keep)``. ``keep`` is None, or (with
+        ``keep_copies``, for a value fetched from another node) a callable that
+        writes the copy into the local node's store: run it, then report the
+        copy. It may run in another thread while the task uses the buffers; it
+        returns the size and leaves the ``seal`` to the caller.
+        Raises ``ObjectUnavailable``."""
         local = self.local
         holders = remote.holders
         failed, reasons = [], []
@@ -93,7 +99,7 @@ class ObjectAccess:
                 if holder.node_id == local.node_id:
                     value = local.open(object_id)
                     if value is not None:
-                        return value[0], value[1], False
+                        return value[0], value[1], None
                     failed.append(holder.node_id)
                     reasons.append(f"node {holder.node_id} (this node) no longer has it")
         for holder in holders:
@@ -106,9 +112,6 @@ class ObjectAccess:
                 reasons.append(str(exc))
                 continue
             if self.keep_copies:
-                local.write(object_id, header, buffers)
-                mapped = local.open(object_id)
-                if mapped is not None:  # the mapped copy: the received frames can go
-                    return mapped[0], mapped[1], True
-            return header, buffers, False
+                return header, buffers, lambda: local.write(object_id, header, buffers, seal=False)
+            return header, buffers, None
         raise ObjectUnavailable(object_id, failed, reasons or ["no holders"])

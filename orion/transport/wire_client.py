@@ -52,7 +52,7 @@ class SerializingClient(Client):
         if self.objects is None:
             return super()._resolve_remote(object_id, remote, deadline)
         try:
-            header, buffers, copied = self.objects.read(object_id, remote)
+            header, buffers, keep = self.objects.read(object_id, remote)
         except ObjectUnavailable as exc:
             # Ask the head again: it drops the holders that failed us and sends
             # another copy's whereabouts, the rebuilt value, or the failure.
@@ -63,8 +63,8 @@ class SerializingClient(Client):
                 raise GetTimeoutError(f"get timed out while object {object_id} was being fetched again "
                                       f"({exc})") from None
             return self.store.lookup(object_id)
-        if copied:
-            self._send_copied([object_id])
+        if keep is not None:
+            self._keep_copy(object_id, keep)  # (a nested get of a value from another node)
         value = (header, buffers)
         self.store.put(object_id, value)  # later gets in this process use it as it is
         return value
@@ -75,8 +75,9 @@ class SerializingClient(Client):
     def _send_lost(self, object_id, holder_ids):
         raise NotImplementedError
 
-    def _send_copied(self, object_ids):
-        """Our node holds copies of these now (only worker processes keep copies)."""
+    def _keep_copy(self, object_id, keep):
+        """Write a fetched value into our node's store and report the copy
+        (only worker processes keep copies)."""
 
     def _new_functions(self, remote_function):
         """``[[function id, pickled function]]`` the first time, else ``[]``."""

@@ -70,8 +70,9 @@ class WorkerClient(SerializingClient):
     def _send_lost(self, object_id, holder_ids):
         self.worker.send("lost", [object_id, list(holder_ids)])
 
-    def _send_copied(self, object_ids):
-        self.worker.send("copied", [list(object_ids)])
+    def _keep_copy(self, object_id, keep):
+        self.worker._seal(object_id, keep())
+        self.worker.send("copied", [[object_id]])
 
     def _request(self, object_ids):
         self.worker.send("subscribe", [list(object_ids)])
@@ -107,6 +108,7 @@ class Worker:
         self._function_blobs = {}  # function id -> pickled function, received but not loaded yet
         # Large values: this node's store (mapped directly) and other nodes' (fetched).
         self._store_socket = None  # DEALER to the node's object server, for seal notes
+        self._copying = None  # (thread, ids done): copies of fetched inputs being written
         self.local = LocalNode.from_environment(node_id, self._seal)
         self.objects = ObjectAccess(self.context, keys, self.local, keep_copies=True)
         self.client = WorkerClient(self)
@@ -255,6 +257,24 @@ class Worker:
 
     # ---------------------------------------------------------- tasks
     def _run(self, dispatch):
+        try:
+            self._run_task(dispatch)
+        finally:
+            if self._copying is not None:
+                self._finish_copies()
+
+    def _finish_copies(self):
+        """Wait for the copies of fetched inputs to be in our node's store, then
+        report them, so the head lists this node as a holder too."""
+        thread, kept = self._copying
+        self._copying = None
+        thread.join()
+        for object_id, size in kept:
+            self._seal(object_id, size)
+        if kept:
+            self.send("copied", [[object_id for object_id, _ in kept]])
+
+    def _run_task(self, dispatch):
         task_id, name, function_id, blob, num_returns, retry_exc, args, inputs = dispatch
         started = time.time()  # wall clock: lines up with the head's times (orion.timeline)
         self._interrupted = self._interrupt_raised = False
@@ -321,22 +341,36 @@ class Worker:
         once the input is available (rebuilt if need be)."""
         if not inputs or all(type(entry) is not Remote for entry in inputs.values()):
             return inputs
-        resolved, copied = {}, []
+        resolved, keeps = {}, []
         for object_id, entry in inputs.items():
             if type(entry) is Remote:
                 try:
-                    header, buffers, was_copied = self.objects.read(object_id, entry)
+                    header, buffers, keep = self.objects.read(object_id, entry)
                 except ObjectUnavailable as exc:
                     log.warning("task %s: %s", task_id, exc)
                     self.send("input_lost", [task_id, object_id, list(exc.failed)])
                     return None
                 entry = (header, buffers)
-                if was_copied:
-                    copied.append(object_id)
+                if keep is not None:
+                    keeps.append((object_id, keep))
             resolved[object_id] = entry
-        if copied:
-            self.send("copied", [copied])
+        if keeps:
+            # The task reads the received buffers while a thread writes our
+            # node's copy (pwrite releases the GIL): the copy costs it no time.
+            done = []
+            thread = threading.Thread(target=self._keep_copies, args=(keeps, done), name="orion-keep-copies",
+                                      daemon=True)
+            thread.start()
+            self._copying = (thread, done)
         return resolved
+
+    @staticmethod
+    def _keep_copies(keeps, done):
+        for object_id, keep in keeps:
+            try:
+                done.append((object_id, keep()))
+            except Exception as exc:  # no room: this node just does not keep a copy
+                log.warning("could not keep a copy of object %s: %s", object_id, exc)
 
     def _execute(self, name, function_id, blob, num_returns, retry_exc, args, inputs):
         try:
