@@ -4,6 +4,7 @@ arguments are kept (a task may still use them)."""
 from __future__ import annotations
 
 import gc
+import os
 
 import pytest
 
@@ -75,3 +76,23 @@ def test_dropping_the_ref_of_a_running_task_is_harmless(cluster):
         inc.remote(1)  # dropped at once, while queued or running
     gc.collect()
     assert orion.get([inc.remote(i) for i in range(10)]) == list(range(1, 11))
+
+
+def _rss_mib():
+    with open(f"/proc/{os.getpid()}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.timeout(180)
+def test_a_million_dropped_refs_keep_memory_flat(cluster):
+    """A driver that makes and drops a million small refs in a loop: the
+    driver's store, the head's store and the scheduler stay tiny, and so does
+    the process's memory growth after warm-up."""
+    for i in range(1_000_000):
+        ref = orion.put(i)
+        if i == 100_000:
+            warm = _rss_mib()
+    del ref
+    driver, scheduler, head = counts()
+    assert driver < 1000 and scheduler < 1000 and head < 1000, (driver, scheduler, head)
+    assert _rss_mib() - warm < 30, f"memory grew by {_rss_mib() - warm:.1f} MiB over 900,000 refs"
