@@ -209,3 +209,23 @@ def test_a_lost_put_or_unretriable_result_raises_object_lost(cluster):
         orion.get(checksum.options(resources={"C": 1}).remote(fragile), timeout=60)
     with pytest.raises(orion.ObjectLostError):
         orion.get(fragile, timeout=60)
+
+
+def test_a_lost_chain_is_rebuilt_recursively_even_after_its_head_ref_was_dropped(cluster, tmp_path):
+    markers = tmp_path / "runs"
+    markers.mkdir()
+    node_a, _ = start_nodes(cluster, [("a", {"P": 1}), ("b", {"C": 1})])
+    first = make_counted.options(resources={"P": 1}).remote(4, str(markers))
+    second = plus_one.options(resources={"P": 1}).remote(first)
+    orion.wait([second], timeout=60)
+    del first  # released: its value may go, but the lineage of `second` keeps its spec
+    gc.collect()
+    orion.get(small.remote())
+    cluster.nodes[node_a].kill_group()
+    node_c = cluster.node_id("c")
+    cluster.start_node(node_c, num_workers=1, extra=("--resources", json.dumps({"P": 1})))
+    cluster.wait_registered([node_c])
+    expected = float((np.arange(4 * MB // 8, dtype=np.float64) + 1).sum())
+    total, _, _ = orion.get(checksum.options(resources={"C": 1}).remote(second), timeout=60)
+    assert total == expected
+    assert len(os.listdir(markers)) == 2  # `first` was made again, once, to make `second` again
