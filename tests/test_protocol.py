@@ -53,7 +53,7 @@ VALID_BODIES = {
     "input_lost": ["t1", "o1", ["n1"]],
     "free": [["o1"]],
     "fetch": ["o1"],
-    "seal": ["o1", 5_000_000],
+    "seal": [[["o1", 5_000_000]]],
     "object": ["o1", b"header", 1],
     "missing": ["o1", "not held here"],
     "worker_died": ["w1", "killed by signal SIGKILL"],

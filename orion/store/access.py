@@ -43,6 +43,7 @@ class LocalNode:
         self.spill_dir = spill_dir
         self.limit = limit
         self.seal = seal
+        self._made = set()  # directories known to exist
 
     def open(self, object_id):
         """``(header, buffers)`` mapped from the node's store, or None."""
@@ -58,7 +59,9 @@ class LocalNode:
         validate_object_id(object_id)
         size = shm_format.object_size(header, buffers)
         directory = self.spill_dir if size > self.limit else self.shm_dir
-        os.makedirs(directory, exist_ok=True)
+        if directory not in self._made:
+            os.makedirs(directory, exist_ok=True)
+            self._made.add(directory)
         shm_format.write_object(os.path.join(directory, object_id), header, buffers)
         if seal:
             self.seal(object_id, size)

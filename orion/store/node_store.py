@@ -240,6 +240,8 @@ class NodeStore:
 
     def _spill_over_limit(self, keep):
         """Spill LRU objects, ``keep`` last, until shm usage is within the limit (lock held)."""
+        if self._used <= self.memory_limit:
+            return  # the common case: no list of every object to build
         # The object just sealed goes last: only if it alone is over the limit.
         for object_id in [oid for oid in self._shm if oid != keep] + [keep]:
             if self._used <= self.memory_limit:

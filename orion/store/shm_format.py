@@ -118,7 +118,7 @@ _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 def read_object(path):
-    """``(header: bytes, buffers: list[memoryview])`` of the object at ``path``.
+    """``(header, buffers)``: read-only memoryviews of the object at ``path``.
 
     The buffers are read-only views of a shared mapping of the file (no copy).
     Raises FileNotFoundError if there is no file, ValueError if it is corrupt.
@@ -159,7 +159,9 @@ def _parse(path, view, size):
         if offset < data_start or offset % ALIGNMENT or offset + length > size:
             raise ValueError(f"corrupt object file {path}: bad buffer span ({offset}, {length})")
     header_start = data_start - header_len
-    return bytes(view[header_start:data_start]), spans
+    # A view, not a copy: a value pickled in-band (a 100 KB bytes object) is
+    # all header, and pickle.loads reads a memoryview as well as bytes.
+    return view[header_start:data_start], spans
 
 
 # Sending buffers as ZeroMQ frames with copy=False wants exactly these views.

@@ -5,8 +5,9 @@ head's): peers ask ``fetch [object id]`` and get ``object [object id, header,
 nbuf]`` with the value's out-of-band buffers as separate frames, straight
 from the mapped file (``copy=False``: no copy on the way out), or
 ``missing [object id, reason]``. Local worker processes also tell their node
-``seal [object id, size]`` when they have written an object into its
-shared-memory directory, so the node can account for it and spill.
+when they have written objects into its
+shared-memory directory, so the node can account for it and spill (in
+batches: one ``seal [[object id, size]...]`` whenever the worker goes idle).
 
 ``fetch`` is the other side: one short-lived DEALER per fetch, a deadline,
 and a connection monitor so that a holder that is gone (connection refused)
@@ -73,10 +74,12 @@ class ObjectServer:
                 if msg_type == "fetch":
                     self._serve(identity, body[0])
                 elif msg_type == "seal":
-                    object_id, size = body
-                    check(size >= 0, "size must be >= 0")
-                    if self.on_sealed is not None:
-                        self.on_sealed(object_id, size)
+                    for item in body[0]:
+                        check(isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                              and isinstance(item[1], int) and not isinstance(item[1], bool) and item[1] >= 0,
+                              "a seal must be [object id, size >= 0]")
+                        if self.on_sealed is not None:
+                            self.on_sealed(*item)
                 else:
                     raise ProtocolError(f"message type {msg_type!r} is not for an object server")
             except ProtocolError as exc:

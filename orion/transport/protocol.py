@@ -78,7 +78,7 @@ SCHEMAS = {
     "error": ((_S,),),
     # peers -> an object server (a node's, or a driver's: orion.store.transfer)
     "fetch": ((_S,),),  # object id
-    "seal": ((_S,), (_I,)),  # object id, size: a local worker wrote it into the node's store
+    "seal": ((_L,),),  # [[object id, size]...]: a local worker wrote these into the node's store
     "object": ((_S,), (_B,), (_I,)),  # object id, header, number of buffers
     "missing": ((_S,), (_S,)),  # object id, reason
 }

@@ -83,7 +83,7 @@ class NodeAgent:
         self.store = NodeStore(self.node_id, object_store_memory or default_memory_limit(), spill_dir=spill_dir)
         self._auth = keys.start_authenticator(self.context) if keys is not None else None
         self.object_server = transfer.ObjectServer(self.context, "127.0.0.1" if loopback else "*", self.store.open,
-                                                   self.store.sealed, keys)
+                                                   self._sealed, keys)
         if not loopback:  # advertise a name other machines can reach
             self.object_server.address = self.object_server.address.replace("*", self.address, 1)
         self.worker_env.update(ORION_STORE_SHM_DIR=self.store.shm_dir, ORION_STORE_SPILL_DIR=self.store.spill_dir,
@@ -134,6 +134,12 @@ class NodeAgent:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(self.head_address)
         self._send("register", self._registration())
+
+    def _sealed(self, object_id, size):
+        try:
+            self.store.sealed(object_id, size)
+        except FileNotFoundError:
+            pass  # freed before the worker's (batched) seal came: nothing to account
 
     def _registration(self):
         store = {"address": self.object_server.address, "limit": self.store.memory_limit}

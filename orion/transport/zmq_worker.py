@@ -109,6 +109,7 @@ class Worker:
         # Large values: this node's store (mapped directly) and other nodes' (fetched).
         self._store_socket = None  # DEALER to the node's object server, for seal notes
         self._copying = None  # (thread, ids done): copies of fetched inputs being written
+        self._seals = []  # [object id, size] written into the node's store, not told yet
         self.local = LocalNode.from_environment(node_id, self._seal)
         self.objects = ObjectAccess(self.context, keys, self.local, keep_copies=True)
         self.client = WorkerClient(self)
@@ -175,14 +176,19 @@ class Worker:
         return self._replies.pop(msg_type)[1]
 
     def _seal(self, object_id, size):
-        """Tell our node we wrote ``object_id`` into its store (it accounts and spills)."""
+        """Note that we wrote ``object_id`` into our node's store; the node
+        hears of it (to account and spill) when this worker next goes idle."""
+        self._seals.append([object_id, size])
+
+    def _flush_seals(self):
         if self._store_socket is None:
             self._store_socket = self.context.socket(zmq.DEALER)
             self._store_socket.setsockopt(zmq.LINGER, 1000)
             if self.objects.keys is not None:
                 self.objects.keys.as_client(self._store_socket)
             self._store_socket.connect(os.environ["ORION_STORE_ADDRESS"])
-        self._store_socket.send_multipart(protocol.encode("seal", [object_id, size]))
+        self._store_socket.send_multipart(protocol.encode("seal", [self._seals]))
+        self._seals = []
 
     # ---------------------------------------------------------- task context (see orion.context)
     @contextlib.contextmanager
@@ -205,6 +211,8 @@ class Worker:
         needed = len(ids) if num_ready is None else num_ready
         self._in_runtime += 1
         try:
+            if self._seals:
+                self._flush_seals()
             while sum(1 for i in ids if i in store) < needed:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if remaining == 0.0:
@@ -411,6 +419,8 @@ class Worker:
             try:
                 while self._queue:
                     self._run(self._queue.popleft())
+                if self._seals:
+                    self._flush_seals()
                 self._receive()
             except KeyboardInterrupt:
                 continue  # a cancel that arrived after its task ended
