@@ -34,7 +34,7 @@ def fuzz_one(data):
         elif msg_type == "objects":
             wire.decode_entries(body[0], buffers)
         elif msg_type == "done":
-            wire.decode_results(body[1], buffers)
+            wire.decode_done(body[0], buffers)
         elif msg_type == "failed":
             wire.decode_failure(body[1])
     except ProtocolError:
@@ -45,7 +45,8 @@ def fuzz_one(data):
     except Exception:
         return
     for decoder in (lambda v: wire.decode_failure(v), lambda v: wire.decode_entries(v, []),
-                    lambda v: wire.decode_results(v, []), lambda v: wire.decode_dispatch(v, []),
+                    lambda v: wire.decode_results(v, []), lambda v: wire.decode_done(v, []),
+                    lambda v: wire.decode_dispatch(v, []),
                     lambda v: wire.decode_submit_record(v, protocol.BufferCursor([]), "c:fuzz")):
         try:
             decoder(value)

@@ -42,7 +42,7 @@ VALID_BODIES = {
     "blocked": [],
     "unblocked": [],
     "rejected": ["t1"],
-    "done": ["t1", [[b"header", 0], [None, 5_000_000]], [1700000000.25, 1700000000.5]],
+    "done": [[["t1", [[b"header", 0], [None, 5_000_000]], [1700000000.25, 1700000000.5]]]],
     "failed": ["t1", ["task_error", "boom", None], False, False, [1700000000.25, 1700000000.5]],
     "logs": [[["t1", "square", "stdout", "hello"]]],
     "register": ["n1", {"CPU": 2.0, "GPU": 1}, 2, "127.0.0.1", 4242,
@@ -439,6 +439,7 @@ def test_wire_decoders_only_raise_protocol_error(data, buffers):
     _only_protocol_errors(wire.decode_dispatch, data, buffers)
     _only_protocol_errors(wire.decode_entries, data, buffers)
     _only_protocol_errors(wire.decode_results, data, buffers)
+    _only_protocol_errors(wire.decode_done, data, buffers)
     _only_protocol_errors(wire.decode_times, data)
 
 

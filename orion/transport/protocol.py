@@ -48,8 +48,8 @@ SCHEMAS = {
     "rejected": ((_S,),),  # task id: a queued task sent back unstarted
     "unblocked": (),
     # times: [started, finished], wall-clock seconds (time.time()) of the run
-    # task id, results [[header, nbuf] inline | [nil, size] in the node's store], times
-    "done": ((_S,), (_L,), (_L,)),
+    # [[task id, results [[header, nbuf] inline | [nil, size] in the node's store], times]...]
+    "done": ((_L,),),
     "copied": ((_L,),),  # object ids: the worker's node now holds a copy of each
     "input_lost": ((_S,), (_S,), (_L,)),  # task id, object id, [node ids tried]: the task did not run
     "failed": ((_S,), (_L,), (_BOOL,), (_BOOL,), (_L,)),  # task id, failure, retryable, cancelled, times

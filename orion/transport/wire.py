@@ -167,9 +167,11 @@ def decode_times(raw):
     raise ProtocolError("times must be [started, finished], finite numbers with started <= finished")
 
 
-def decode_results(results, buffers):
+def decode_results(results, cursor):
+    """The values of one ``done`` record; ``cursor`` hands out the message's buffers."""
     check(isinstance(results, list), "results must be a list")
-    cursor = BufferCursor(buffers)
+    if not isinstance(cursor, BufferCursor):
+        cursor = BufferCursor(cursor)
     values = []
     for item in results:
         check(isinstance(item, list) and len(item) == 2, "result must be [header, nbuf] or [nil, size]")
@@ -179,6 +181,18 @@ def decode_results(results, buffers):
             check(isinstance(item[0], bytes), "a result's header must be bytes")
             values.append((item[0], cursor.take(item[1])))
     return values
+
+
+def decode_done(records, buffers):
+    """``[(task id, values, times)]`` from a ``done`` body (tasks a worker ran back to back)."""
+    check(isinstance(records, list), "done must carry a list of records")
+    cursor = BufferCursor(buffers)
+    decoded = []
+    for record in records:
+        check(isinstance(record, list) and len(record) == 3 and isinstance(record[0], str),
+              "a done record must be [task id, results, times]")
+        decoded.append((record[0], decode_results(record[1], cursor), decode_times(record[2])))
+    return decoded
 
 
 # ------------------------------------------------------- large-object holders

@@ -620,18 +620,19 @@ class HeadServer:
         self.head.worker_unblocked(self._peer_worker(identity))
 
     def _on_done(self, identity, body, buffers):
+        """One or more finished tasks of one worker (it batches those it ran back to back)."""
         worker_id = self._peer_worker(identity)
-        task_id, results, times = body
-        times = wire.decode_times(times)
-        values = wire.decode_results(results, buffers)
-        expected = self.head.scheduler.return_count(task_id)
-        if expected is not None and expected != len(values):
-            # Fail the task rather than drop the message: its caller must not hang.
-            self._bad_message(identity, f"task {task_id} returns {expected} values, the worker sent {len(values)}")
-            self.head.task_failed(worker_id, task_id, Failure(
-                "task_error", f"worker {worker_id} sent {len(values)} results for a task with {expected}"))
-            return
-        self.head.task_done(worker_id, task_id, values, times, self.worker_nodes[worker_id])
+        node_id = self.worker_nodes[worker_id]
+        for task_id, values, times in wire.decode_done(body[0], buffers):
+            expected = self.head.scheduler.return_count(task_id)
+            if expected is not None and expected != len(values):
+                # Fail the task rather than drop the message: its caller must not hang.
+                self._bad_message(identity, f"task {task_id} returns {expected} values, the worker sent "
+                                            f"{len(values)}")
+                self.head.task_failed(worker_id, task_id, Failure(
+                    "task_error", f"worker {worker_id} sent {len(values)} results for a task with {expected}"))
+                continue
+            self.head.task_done(worker_id, task_id, values, times, node_id)
 
     def _on_failed(self, identity, body, buffers):
         worker_id = self._peer_worker(identity)

@@ -38,6 +38,8 @@ from .wire_client import SerializingClient
 
 log = logging.getLogger("orion.worker")
 
+_DONE_BATCH = 64  # finished tasks per ``done`` message, at most
+
 
 class WorkerClient(SerializingClient):
     """The client API inside a worker process, over the worker's own socket."""
@@ -110,6 +112,9 @@ class Worker:
         self._store_socket = None  # DEALER to the node's object server, for seal notes
         self._copying = None  # (thread, ids done): copies of fetched inputs being written
         self._seals = []  # [object id, size] written into the node's store, not told yet
+        # Tasks run back to back from the local queue report together: one
+        # ``done`` for all of them when the queue runs dry (or every _DONE_BATCH).
+        self._dones, self._done_frames = [], []
         self.local = LocalNode.from_environment(node_id, self._seal)
         self.objects = ObjectAccess(self.context, keys, self.local, keep_copies=True)
         self.client = WorkerClient(self)
@@ -335,12 +340,22 @@ class Worker:
             except serialization.SerializationError as exc:
                 outcome = execution.Outcome(failure=execution.task_failure(exc, name))
             else:
-                self.send("done", [task_id, results, [started, max(started, time.time())]], frames)
+                self._dones.append([task_id, results, [started, max(started, time.time())]])
+                self._done_frames.extend(frames)
+                if not self._queue or len(self._dones) >= _DONE_BATCH:
+                    self._send_dones()
                 return
         failure = outcome.failure
+        if self._dones:
+            self._send_dones()
         self.send("failed", [task_id, wire.encode_failure(Failure(failure.kind, failure.message,
                                                                   _pickle_payload(failure.payload))),
                              outcome.retryable, outcome.cancelled, [started, max(started, time.time())]])
+
+    def _send_dones(self):
+        """Report the tasks that finished since the last report, in one message."""
+        self.send("done", [self._dones], self._done_frames)
+        self._dones, self._done_frames = [], []
 
     def _read_inputs(self, task_id, inputs):
         """Inputs with each ``Remote`` one mapped (held by this node) or fetched
@@ -403,6 +418,8 @@ class Worker:
         if blocked:
             if self.output.records:
                 self._send_logs()  # what it printed so far comes before what it waits for
+            if self._dones:
+                self._send_dones()  # what it waits for may be among them
             self._in_get = True
             while self._queue:
                 self.send("rejected", [self._queue.popleft()[0]])
@@ -419,6 +436,8 @@ class Worker:
             try:
                 while self._queue:
                     self._run(self._queue.popleft())
+                if self._dones:
+                    self._send_dones()
                 if self._seals:
                     self._flush_seals()
                 self._receive()
