@@ -1,4 +1,4 @@
-"""Chaos test: a head and N nodes run a 3,000-task DAG while a killer SIGKILLs a
+"""Chaos test: a head and N nodes run a 3,110-task DAG while a killer SIGKILLs a
 random worker process or a whole node every second (restarting killed nodes),
 and once kills and restarts the head. Passes when every result is right, no
 ``get`` hangs and no process is left behind. Prints what was killed and how
@@ -43,9 +43,31 @@ def inc(x, pause):
     return x + 1
 
 
+@orion.remote(max_retries=-1)
+def blob(counter, pause):
+    # Over the inline limit: it lives in a node's store, so killing that node
+    # loses it and the cluster must rebuild it from its lineage.
+    time.sleep(pause)
+    return counter.to_bytes(8, "little") * 25_000
+
+
+@orion.remote(max_retries=-1)
+def grow(previous, pause):
+    time.sleep(pause)
+    return (int.from_bytes(previous[:8], "little") + 1).to_bytes(8, "little") * 25_000
+
+
+@orion.remote(max_retries=-1)
+def count(value, pause):
+    time.sleep(pause)
+    assert len(value) == 200_000
+    return int.from_bytes(value[:8], "little")
+
+
 def build_dag(pause):
-    """3,000 tasks: a 1,000-leaf tree reduction (wide layers, 1,999 tasks), 25
-    chains of 40 and one lone task. Returns [(ref, expected)] for the results
+    """3,110 tasks: a 1,000-leaf tree reduction (wide layers, 1,999 tasks), 25
+    chains of 40, 10 chains of 11 passing 200 KB values (kept in node stores)
+    and one lone task. Returns [(ref, expected)] for the results
     we check and every ref (to time completions)."""
     checks, every = [], []
     level = [leaf.remote(i, pause) for i in range(1000)]
@@ -64,6 +86,15 @@ def build_dag(pause):
             ref = inc.remote(ref, pause)
             every.append(ref)
         checks.append((ref, c + 40))
+    for c in range(10):  # 10 chains of 200 KB values that stay in node stores
+        ref = blob.remote(c * 100, pause)
+        every.append(ref)
+        for _ in range(9):
+            ref = grow.remote(ref, pause)
+            every.append(ref)
+        ref = count.remote(ref, pause)
+        every.append(ref)
+        checks.append((ref, c * 100 + 9))
     lone = leaf.remote(-1, pause)
     every.append(lone)
     checks.append((lone, -1))
@@ -186,7 +217,7 @@ def run(duration, nodes, workers, seed):
         time.sleep(0.05)
 
     total_workers = nodes * workers
-    pause = duration * total_workers / 3000 * 0.8
+    pause = duration * total_workers / 3110 * 0.8
     killer = Killer(cluster, rng, 1.0, head_kill_at=duration / 3)
     started = time.monotonic()
     checks, every = build_dag(pause)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Chaos test: a head and 3 nodes run a 3,000-task DAG while processes are killed
+# Chaos test: a head and 3 nodes run a 3,110-task DAG while processes are killed
 # every second (and the head once). Exit 0 = every result right, nothing hung,
 # no orphans. Options: --duration S --nodes N --workers-per-node W --seed N
 set -euo pipefail

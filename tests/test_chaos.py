@@ -1,5 +1,5 @@
 """The chaos test (``scripts/chaos.sh``), run as a user runs it: a head and 3
-nodes run a 3,000-task DAG while a worker process or a node is SIGKILLed every
+nodes run a 3,110-task DAG while a worker process or a node is SIGKILLed every
 second and the head is killed and restarted once."""
 from __future__ import annotations
 

@@ -29,7 +29,8 @@ from .. import ids, security
 from ..errors import OrionError
 from ..log_printer import LogPrinter
 from ..store import transfer
-from ..store.access import ObjectAccess, serialized_size
+from ..object_store import Remote
+from ..store.access import ObjectAccess, ObjectUnavailable, serialized_size
 from . import protocol, wire
 from .logs import decode_peer_records
 from .protocol import ProtocolError
@@ -317,9 +318,24 @@ class ZmqClient(SerializingClient):
             needed.extend(dep for dep in record[2] if dep.startswith(self._prefix))
         for object_id in dict.fromkeys(needed):
             entry = self.store.lookup(object_id)
+            if type(entry) is Remote:
+                # A large value in a node's store: the new head does not know
+                # where. Fetch it now and serve it ourselves (nodes outlive heads).
+                try:
+                    header, buffers, _ = self.objects.read(object_id, entry)
+                except ObjectUnavailable as exc:
+                    log.warning("cannot hand object %s to the new head: %s", object_id, exc)
+                    continue
+                entry = (header, buffers)  # (views that keep their mapping or frames alive)
+                self.store.put(object_id, entry)
             if isinstance(entry, tuple):
                 header, buffers = entry
-                sock.send_multipart(protocol.encode("put", [object_id, header, len(buffers)], buffers), copy=False)
+                if self._object_server is not None and serialized_size(header, buffers) > self.inline_max:
+                    sock.send_multipart(protocol.encode("put_held", [object_id, serialized_size(header, buffers),
+                                                                     self._object_server.address]))
+                else:
+                    sock.send_multipart(protocol.encode("put", [object_id, header, len(buffers)], buffers),
+                                        copy=False)
         frames = [b for _, buffers in unfinished for b in buffers]
         sock.send_multipart(protocol.encode("submit", [functions, [r for r, _ in unfinished]], frames), copy=False)
         if wanted:
