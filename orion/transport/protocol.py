@@ -119,6 +119,18 @@ def decode(frames):
     return msg_type, body, frames[1:]
 
 
+_COPY_BELOW = 4096  # bytes: smaller frames are copied out (cheaper than keeping a zmq message alive)
+
+
+def frames_of(received):
+    """Frames from ``recv_multipart(copy=False)``: the envelope as bytes, each
+    buffer frame as a memoryview of the received message (no copy) unless it is
+    small. Values unpickled from them share the message's memory."""
+    first = received[0].bytes
+    rest = [frame.buffer if len(frame) >= _COPY_BELOW else frame.bytes for frame in received[1:]]
+    return [first, *rest]
+
+
 def check(condition, what):
     """Raise ProtocolError(what) unless ``condition``: for nested-field checks."""
     if not condition:

@@ -261,7 +261,7 @@ class ZmqClient(SerializingClient):
     def _receive_all(self, sock):
         while True:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = protocol.frames_of(sock.recv_multipart(zmq.NOBLOCK, copy=False))  # buffers: no copy
             except zmq.Again:
                 return
             try:

@@ -35,6 +35,7 @@ log = logging.getLogger("orion.head")
 
 DEFAULT_HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats, both ways
 DEFAULT_HEARTBEAT_LIVENESS = 5  # missed heartbeats before a peer counts as dead
+_KEEP_FRAMES_FROM = 4096  # bytes: smaller frames are copied out of their message
 _DRAIN_LIMIT = 2000  # messages handled before the loop sends what they produced
 
 
@@ -309,9 +310,11 @@ class HeadServer:
             size = 0
             while frame.more:  # Frame.more avoids a getsockopt per frame
                 frame = router.recv(copy=False)
-                data = frame.bytes
-                size += len(data)
-                frames.append(data)
+                length = len(frame)
+                size += length
+                # A large buffer frame stays in its zmq message (no copy): the
+                # value is stored, and sent on, as a view of it.
+                frames.append(frame.buffer if length >= _KEEP_FRAMES_FROM and len(frames) > 1 else frame.bytes)
             self.head.traffic["in"] += size
             if identity[:2] == b"n:":
                 # Remember which connection a node speaks on, to notice at once

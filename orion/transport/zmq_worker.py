@@ -144,7 +144,7 @@ class Worker:
         """Handle one incoming message; returns False on timeout."""
         if timeout_ms is not None and not self.socket.poll(timeout_ms):
             return False
-        frames = self.socket.recv_multipart()
+        frames = protocol.frames_of(self.socket.recv_multipart(copy=False))  # buffers: no copy
         try:
             msg_type, body, buffers = protocol.decode(frames)
             if msg_type == "dispatch":
