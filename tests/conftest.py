@@ -124,3 +124,13 @@ def intervals_overlap(spans):
     return any(nxt[0] < prev[1] for prev, nxt in zip(spans, spans[1:]))
 
 
+@pytest.fixture
+def local_cluster():
+    """A head and worker nodes started through the ``orion`` CLI
+    (``helpers_cluster.LocalCluster``); everything is stopped afterwards."""
+    cluster = helpers_cluster.LocalCluster()
+    try:
+        yield cluster
+    finally:
+        orion.shutdown()
+        cluster.cleanup()

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import orion
-from helpers_cluster import LocalCluster, run_orion, wait_until, worker_pids
+from helpers_cluster import run_orion, wait_until, worker_pids
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -25,13 +25,9 @@ def inc(x):
 
 
 @pytest.fixture
-def cluster():
-    cluster = LocalCluster()
-    try:
-        yield cluster
-    finally:
-        orion.shutdown()
-        cluster.cleanup()
+def cluster(local_cluster):
+    """A head and nodes started through the CLI (conftest's ``local_cluster``)."""
+    return local_cluster
 
 
 def start(cluster, nodes=2, workers=1):

@@ -7,14 +7,13 @@ from __future__ import annotations
 import gc
 import json
 import os
-import signal
 
 import numpy as np
 import pytest
 
 import orion
 from orion.api import _current_client
-from helpers_cluster import LocalCluster, run_orion, wait_until
+from helpers_cluster import run_orion, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -130,13 +129,9 @@ def test_spilling_gives_right_results_for_three_times_the_limit(tmp_path):
 
 # ---------------------------------------------------------- several nodes
 @pytest.fixture
-def cluster():
-    cluster = LocalCluster()
-    try:
-        yield cluster
-    finally:
-        orion.shutdown()
-        cluster.cleanup()
+def cluster(local_cluster):
+    """A head and nodes started through the CLI (conftest's ``local_cluster``)."""
+    return local_cluster
 
 
 def head_traffic(cluster):

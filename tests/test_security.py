@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 import orion
-from helpers_cluster import LocalCluster, free_port, orion_command, run_orion, wait_until
+from helpers_cluster import free_port, orion_command, run_orion, wait_until
 from orion import ids
 from orion.client import Client
 from orion.transport import protocol
@@ -47,13 +47,9 @@ def keys(tmp_path):
 
 
 @pytest.fixture
-def cluster():
-    cluster = LocalCluster()
-    try:
-        yield cluster
-    finally:
-        orion.shutdown()
-        cluster.cleanup()
+def cluster(local_cluster):
+    """A head and nodes started through the CLI (conftest's ``local_cluster``)."""
+    return local_cluster
 
 
 def start_keyed(cluster, key_dir):

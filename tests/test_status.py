@@ -10,7 +10,7 @@ import pytest
 
 import orion
 
-from helpers_cluster import LocalCluster, OrionProcess, free_port, run_orion, wait_until
+from helpers_cluster import OrionProcess, free_port, run_orion, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -28,16 +28,6 @@ def hold(release, timeout=30.0):
 @orion.remote
 def blob(size):
     return b"x" * size
-
-
-@pytest.fixture
-def local_cluster():
-    cluster = LocalCluster()
-    try:
-        yield cluster
-    finally:
-        orion.shutdown()
-        cluster.cleanup()
 
 
 def status_json(address):
