@@ -20,7 +20,6 @@ import time
 from .. import serialization
 from ..client import Client
 from ..errors import GetTimeoutError
-from ..object_store import Remote
 from ..store.access import INLINE_MAX, ObjectUnavailable, serialized_size
 from . import wire
 
