@@ -62,5 +62,7 @@ def test_a_function_sent_with_a_rejected_task_is_kept_for_the_next(head_and_work
     worker._run(worker._queue.popleft())
     msg_type, body, buffers = next_message(router)
     assert msg_type == "done", body
-    (header, nbuf), = body[1]
+    ((task_id, results, _times),) = body[0]  # one record: the worker's queue ran dry
+    assert task_id == "t2"
+    (header, nbuf), = results
     assert serialization.loads(header, buffers[:nbuf]) == 42
