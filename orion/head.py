@@ -35,6 +35,10 @@ log = logging.getLogger("orion.head")
 # Twice a well-behaved client's own limit (Client.max_unfinished): only a peer
 # that ignores back-pressure ever reaches it.
 MAX_UNFINISHED_PER_OWNER = int(os.environ.get("ORION_MAX_UNFINISHED_PER_OWNER", 200_000))
+# Distinct task names and demands shared between the tasks that use them (see
+# Head._slim); past this many, new ones are kept per task, as they came.
+MAX_SHARED = 10_000
+_NO_BUFFERS = ()
 
 
 class TaskRecord:
@@ -51,9 +55,9 @@ class TaskRecord:
 
 
 class Head:
-    def __init__(self, transport, policy="least_loaded", store=None):
+    def __init__(self, transport, policy="least_loaded", store=None, adaptive_pipelining=False):
         self.transport = transport
-        self.scheduler = Scheduler(policy)
+        self.scheduler = Scheduler(policy, adaptive_pipelining)
         self.store = store if store is not None else ObjectStore()
         self.functions = {}  # function id -> function (object or pickled blob)
         self.owners = {}  # object id -> peer that submitted (or put) it
@@ -72,10 +76,13 @@ class Head:
         self._rebuilding = set()  # ids of tasks re-run to make lost objects again
         self.traffic = {"in": 0, "out": 0}  # bytes through the head's socket (the transport counts)
         self.closing = False  # the whole cluster is shutting down: lost objects are not rebuilt
+        self._shared = {}  # function id or task name -> the one copy that tasks point to (memory)
+        self._demands = {}  # demand items -> the one dict that tasks of that demand point to
 
     # ----------------------------------------------------------- client side
     def register_function(self, function_id, function):
         self.functions.setdefault(function_id, function)
+        self._shared.setdefault(function_id, function_id)
 
     def submit(self, specs):
         owners, unfinished, limit = self.owners, self.unfinished_by_owner, self.max_unfinished_per_owner
@@ -91,9 +98,37 @@ class Head:
             unfinished[owner] = count + 1
             for return_id in spec.return_ids:
                 owners[return_id] = owner
+            self._slim(spec)
             accepted.append(spec)
         self.tasklog.submitted(accepted)
         self._feed([ev.TaskSubmitted(spec) for spec in accepted])
+
+    def _slim(self, spec):
+        """Memory only: a queued task should cost the head as little as possible
+        (a million of them must fit in well under a gigabyte). Tasks decoded
+        from the wire each carry their own copy of their function id, name and
+        demand dict, and an empty list of argument buffers; point them at one
+        shared copy instead (none of these is ever modified)."""
+        shared = self._shared
+        record = spec.payload
+        function_id = shared.get(record.function_id)
+        if function_id is not None:
+            record.function_id = function_id
+        name = shared.get(spec.name)
+        if name is None and len(shared) < MAX_SHARED:
+            name = shared[spec.name] = spec.name
+        if name is not None:
+            spec.name = name
+        demand = spec.demand
+        key = tuple(demand.items())  # in the order given: equal dicts in another order share less, no harm
+        canonical = self._demands.get(key)
+        if canonical is None and len(self._demands) < MAX_SHARED:
+            canonical = self._demands[key] = demand
+        if canonical is not None:
+            spec.demand = canonical
+        args = record.args
+        if type(args) is tuple and len(args) == 2 and type(args[1]) is list and not args[1]:
+            record.args = (args[0], _NO_BUFFERS)  # serialized arguments with no out-of-band buffer
 
     def _refuse(self, spec, message):
         failed = Failed(Failure("unschedulable", message))
@@ -151,7 +186,7 @@ class Head:
             values = [Remote(v.size, holder) if type(v) is Remote else v for v in values]
             self._producers[task_id] = (self.scheduler.task_spec(task_id), node_id)
         self._results[task_id] = values
-        self._feed([ev.TaskFinished(task_id, worker_id)])
+        self._feed([ev.TaskFinished(task_id, worker_id, None if times is None else times[1] - times[0])])
         values = self._results.pop(task_id, None)
         if values is not None:  # not accepted (a stale or cancelled attempt): free its copies
             self._producers.pop(task_id, None)

@@ -61,6 +61,9 @@ class TaskLog:
     def submitted(self, specs):
         now = self.clock()
         index, counters = self._index, self.counters
+        # The tasks of one batch share their (name, submitted, has inputs)
+        # entry: a million queued tasks then cost one dict slot each here.
+        entries = {}
         for spec in specs:
             task_id = spec.task_id
             old = index.get(task_id)
@@ -71,7 +74,11 @@ class TaskLog:
             if counter is None:
                 counter = self._counter(name)
             counter[SUBMITTED] += 1
-            index[task_id] = (name, now, bool(spec.dependencies))
+            has_inputs = bool(spec.dependencies)
+            entry = entries.get((name, has_inputs))
+            if entry is None:
+                entry = entries[(name, has_inputs)] = (name, now, has_inputs)
+            index[task_id] = entry
 
     def dispatched(self, spec, worker_id, node_id, now):
         task_id = spec.task_id

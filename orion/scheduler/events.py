@@ -70,10 +70,12 @@ class ObjectPut:
 
 @dataclass(slots=True)
 class TaskFinished:
-    """A worker reports that ``task_id`` returned normally."""
+    """A worker reports that ``task_id`` returned normally, after running it
+    ``duration`` seconds (when known: it sizes pipelining, see the scheduler)."""
 
     task_id: str
     worker_id: str
+    duration: float | None = None
 
 
 @dataclass(slots=True)

@@ -12,7 +12,11 @@ commands (``orion.scheduler.commands``) its owner must carry out. It owns:
 * resource accounting per node (totals, free now) and per worker (idle, busy,
   blocked in ``get``);
 * placement (``placement.py``), retries, failure propagation to dependents and
-  cancellation;
+  cancellation. Placement never scans the cluster: per demand shape it keeps
+  an index of the nodes that can take such a task now (and of those that
+  could, but lack an idle worker), and per shape and queue length one of the
+  busy workers that can take one more task (pipelining), so a dispatch costs
+  O(log nodes) however many nodes and queued tasks there are (see "Indexes");
 * the object directory's view that placement needs: which nodes hold a copy
   of each large object (``ObjectLocated``), so a task goes where most of its
   input bytes already are, and what happens when every copy is gone
@@ -25,6 +29,7 @@ It has no threads, sockets, clocks or pickles: owners call it from one thread
 from __future__ import annotations
 
 from collections import deque
+from heapq import heapify, heappop, heappush
 
 from . import commands as cmd
 from . import events as ev
@@ -40,6 +45,18 @@ FAILED = "failed"
 CANCELLED = "cancelled"
 
 _EPSILON = 1e-9
+
+# Pipelining: queue at most about this many seconds of expected work behind a
+# busy worker (see Scheduler._pipeline_limit).
+PIPELINE_BUDGET = 0.002
+_UNKNOWN_RUN_TIME_LIMIT = 2
+_RUN_TIME_WEIGHT = 0.2  # of the newest run in the moving average
+_MAX_TRACKED_NAMES = 10_000  # task names with statistics (a bound for generated names)
+# Demand shapes whose placement index is kept up to date. Each one costs a
+# little on every change of a node; programs use a handful of shapes, and the
+# least recently used index beyond this many is dropped (and rebuilt by one
+# scan of the nodes if its shape comes back).
+MAX_PLACEMENT_INDEXES = 32
 
 
 def fits(available, demand):
@@ -69,7 +86,10 @@ class _Object:
     def __init__(self):
         self.status = PENDING  # pending -> ready | failed; ready -> pending again when lost and rebuilt
         self.failure = None
-        self.dependents = []  # ids of pending tasks waiting for this object
+        # Ids of pending tasks waiting for this object; None until the first
+        # one (most results are only ever read by their owner): a million
+        # queued tasks would otherwise hold a million empty lists.
+        self.dependents = None
         self.consumers = 0  # unfinished tasks that take this object as input
         self.release_requested = False
         # Node ids holding a copy, in the order reported (a dict as an ordered
@@ -81,10 +101,23 @@ class _Object:
 
 class _Node:
     __slots__ = ("node_id", "address", "total", "available", "base_workers", "workers", "idle",
-                 "starting", "alive", "running", "blocked", "pipeline", "objects")
+                 "starting", "alive", "running", "blocked", "pipeline", "objects", "order", "version",
+                 "dirty", "pipe_key", "open", "listing")
 
-    def __init__(self, node_id, resources, base_workers, address, pipeline=False):
+    def __init__(self, node_id, resources, base_workers, address, pipeline=False, order=0):
         self.node_id = node_id
+        # Registration order (kept by a node that registers again, as its
+        # place in Scheduler._nodes is): ties between nodes go to the lower.
+        self.order = order
+        self.version = -1  # stamp of the last time the indexes looked at it (see Scheduler._refresh)
+        self.dirty = False  # changed since: queued in Scheduler._dirty_nodes
+        # Pipelining index, node side (see "Indexes" in Scheduler): whether it
+        # may take queued tasks now and its worker count, as last indexed; per
+        # (shape, queued) a heap of its workers that could take one more; and
+        # the stamp of its entry in Scheduler._open under each such key.
+        self.pipe_key = None
+        self.open = {} if pipeline else None
+        self.listing = {} if pipeline else None
         self.address = address
         self.total = dict(resources)
         self.available = dict(resources)
@@ -121,11 +154,16 @@ class _Node:
 
 
 class _Worker:
-    __slots__ = ("worker_id", "node_id", "task_id", "queued", "blocked", "sent_back")
+    __slots__ = ("worker_id", "node_id", "task_id", "queued", "blocked", "sent_back", "seq", "depth",
+                 "version", "dirty")
 
-    def __init__(self, worker_id, node_id):
+    def __init__(self, worker_id, node_id, seq=0, depth=0):
         self.worker_id = worker_id
         self.node_id = node_id
+        self.seq = seq  # join order over all workers: within a node, the order of node.workers
+        self.depth = depth  # its node's pipeline depth (0: no pipelining, so no index entries)
+        self.version = -1  # stamp of its entry in the pipelining index; -1 once it is gone
+        self.dirty = False
         self.task_id = None
         self.queued = []  # ASSIGNED tasks queued behind task_id, in order (pipelining)
         self.blocked = False
@@ -135,11 +173,41 @@ class _Worker:
         self.sent_back = False
 
 
+class _Place:
+    """The placement index of one demand shape (see "Indexes" in ``Scheduler``)."""
+
+    __slots__ = ("demand", "candidates", "starters", "used")
+
+    def __init__(self, demand, candidates):
+        self.demand = demand
+        self.candidates = candidates  # the policy's index of nodes that can run such a task now
+        # (order, stamp, node) of the nodes alive with the demand free, no idle
+        # worker and none starting: the first valid one gets a StartWorker.
+        self.starters = []
+        self.used = 0  # when a decision last needed it (least recently used goes first)
+
+
+def _push(heap, entry, bound):
+    """Push an index entry ``(..., stamp, node or worker)``; sweep out the
+    entries whose stamp is stale once the heap holds more than ``bound``."""
+    heappush(heap, entry)
+    if len(heap) > bound:
+        heap[:] = [e for e in heap if e[-1].version == e[-2]]
+        heapify(heap)
+
+
+def _registration_order(node):
+    return node.order
+
+
 class Scheduler:
     """See the module docstring. ``policy`` names a placement policy."""
 
-    def __init__(self, policy="least_loaded"):
+    def __init__(self, policy="least_loaded", adaptive_pipelining=False):
+        """``adaptive_pipelining``: size each pipeline by the task's name (see
+        ``_pipeline_limit``); off, every pipelining node queues up to its depth."""
         self.policy = make_policy(policy)
+        self.adaptive_pipelining = adaptive_pipelining
         self._tasks = {}
         self._objects = {}
         self._nodes = {}
@@ -148,6 +216,19 @@ class Scheduler:
         # classes): a task that does not fit cannot block others of another shape.
         self._ready = {}
         self._feasibility = {}  # demand shape -> fits some live node (cleared on node changes)
+        # Indexes (see "Indexes" below): nodes and workers changed since the
+        # indexes last looked, one placement index per demand shape, and the
+        # pipelining index: (shape, tasks queued) -> {node's worker count: heap}.
+        self._dirty_nodes = []
+        self._dirty_workers = []
+        self._places = {}  # demand shape -> _Place
+        self._open = {}
+        self._stamp = 0  # source of unique, increasing stamps for index entries
+        self._next_order = 0  # registration order of the next new node id
+        self._next_seq = 0  # join order of the next worker
+        self._max_depth = 0  # deepest pipeline of any node that joined
+        self._run_times = {}  # task name -> average seconds a run takes (sizes pipelining)
+        self._blocking_names = set()  # names of tasks seen waiting in get (never pipelined)
         # Objects with at least one known copy. While it is zero (no large
         # object anywhere) placement skips the locality look-up entirely.
         self._located = 0
@@ -272,6 +353,8 @@ class Scheduler:
                 continue
             obj.consumers += 1
             if obj.status == PENDING:
+                if obj.dependents is None:
+                    obj.dependents = []
                 obj.dependents.append(spec.task_id)
                 task.waiting += 1
             elif obj.status == FAILED and failure is None:
@@ -299,6 +382,8 @@ class Scheduler:
         task = self._running_task(event.task_id, event.worker_id)
         if task is None:
             return  # a stale report (evicted worker, retried task): first finisher won
+        if event.duration is not None:
+            self._note_run_time(task.spec.name, event.duration)
         self._free_worker(event.worker_id)
         if task.cancel_requested:
             self._fail(task, _cancelled(task))
@@ -343,8 +428,15 @@ class Scheduler:
             # incarnation first so its tasks are retried.
             self._lose_node(node, "node re-registered")
         self._feasibility.clear()
-        self._nodes[event.node_id] = _Node(event.node_id, event.resources, event.base_workers, event.address,
-                                           event.pipeline)
+        if node is None:
+            order = self._next_order
+            self._next_order += 1
+        else:
+            order = node.order  # the dict keeps its place too
+        node = self._nodes[event.node_id] = _Node(event.node_id, event.resources, event.base_workers,
+                                                  event.address, event.pipeline, order)
+        self._max_depth = max(self._max_depth, int(event.pipeline))
+        self._node_changed(node)
         self._schedule()
 
     def _on_node_lost(self, event):
@@ -359,11 +451,14 @@ class Scheduler:
         if node is None or not node.alive or event.worker_id in self._workers:
             self._out.append(cmd.StopWorker(event.worker_id))
             return
-        self._workers[event.worker_id] = _Worker(event.worker_id, event.node_id)
+        self._workers[event.worker_id] = _Worker(event.worker_id, event.node_id, self._next_seq,
+                                                 int(node.pipeline))
+        self._next_seq += 1
         node.workers[event.worker_id] = None
         node.idle.append(event.worker_id)
         if node.starting:
             node.starting -= 1
+        self._node_changed(node)
         self._schedule()
         self._retire_idle_extras(self._node_of(event.worker_id))
 
@@ -383,7 +478,12 @@ class Scheduler:
         worker.blocked = True
         node = self._nodes[worker.node_id]
         node.blocked += 1
-        node.release(self._tasks[worker.task_id].spec.demand)
+        spec = self._tasks[worker.task_id].spec
+        node.release(spec.demand)
+        if len(self._blocking_names) < _MAX_TRACKED_NAMES:
+            self._blocking_names.add(spec.name)  # tasks of this name wait in get: never queue them
+        self._node_changed(node)
+        self._worker_changed(worker)
         self._schedule()
 
     def _on_worker_unblocked(self, event):
@@ -397,6 +497,8 @@ class Scheduler:
         # Take the resources back even past the node's total (a short
         # oversubscription, as in Ray): the task must finish to free anything.
         node.acquire(self._tasks[worker.task_id].spec.demand)
+        self._node_changed(node)
+        self._worker_changed(worker)
         self._retire_idle_extras(node)
 
     def _on_cancel(self, event):
@@ -423,6 +525,7 @@ class Scheduler:
             return
         worker.queued.remove(event.task_id)
         worker.sent_back = True
+        self._worker_changed(worker)
         self._requeue_unstarted(task)
         self._schedule()
 
@@ -488,6 +591,8 @@ class Scheduler:
             for dep in task.spec.dependencies:
                 if dep == object_id:  # the same input twice counts twice, as on submission
                     task.waiting += 1
+                    if obj.dependents is None:
+                        obj.dependents = []
                     obj.dependents.append(task.spec.task_id)
         if unqueued:
             self._unqueue(unqueued)
@@ -515,6 +620,7 @@ class Scheduler:
             task.attempt -= 1  # it never ran: retries number the attempts that did
         elif task.state == ASSIGNED and event.task_id in worker.queued:
             worker.queued.remove(event.task_id)
+            self._worker_changed(worker)
         else:
             return
         self._requeue_unstarted(task)
@@ -524,7 +630,7 @@ class Scheduler:
     # -------------------------------------------------------------- helpers
     def _feasible(self, demand):
         # Cached per demand until a node joins or leaves: submit stays O(1).
-        key = tuple(sorted(demand.items()))
+        key = self._shape(demand)
         verdict = self._feasibility.get(key)
         if verdict is None:
             alive = [n for n in self._nodes.values() if n.alive]
@@ -585,9 +691,10 @@ class Scheduler:
                 if task is None or task.state != READY:
                     queue.popleft()  # cancelled or failed while queued
                     continue
-                node = self._pick_node(task.spec)
+                node = self._pick_node(task.spec, shape)
                 if node is None:
-                    worker = self._pick_pipelined(task.spec.demand, len(queue))
+                    limit = self._pipeline_limit(task.spec.name)
+                    worker = None if limit == 0 else self._pick_pipelined(shape, len(queue), limit)
                     if worker is None:
                         break
                     queue.popleft()
@@ -600,28 +707,189 @@ class Scheduler:
         for shape in emptied:
             del self._ready[shape]
 
-    def _pick_node(self, spec):
-        demand = spec.demand
-        candidates = []
-        short_of_workers = None
-        for node in self._nodes.values():
-            if node.alive and fits(node.available, demand):
-                if node.idle:
-                    candidates.append(node)
-                elif short_of_workers is None and not node.starting:
-                    short_of_workers = node
-        if candidates:
-            if self._located and len(candidates) > 1 and self.policy.locality:
-                held = self._input_bytes(spec.dependencies)
-                if held is not None:
-                    candidates = most_local(candidates, held)
-            return self.policy.choose(candidates)
-        if short_of_workers is not None:
-            # Resources are free but every worker is busy or blocked in get:
-            # ask for one more worker so the node stays busy.
-            short_of_workers.starting += 1
-            self._out.append(cmd.StartWorker(short_of_workers.node_id))
+    # ------------------------------------------------------------ indexes
+    # Placement must not scan the cluster per task: with a thousand nodes and
+    # a million queued tasks, that scan would be the head's whole cost. So the
+    # scheduler keeps, up to date as nodes and workers change:
+    #
+    # * per demand shape (``_Place``): the policy's index of the candidates,
+    #   nodes alive with an idle worker and the demand free (placement.py),
+    #   and a heap, by registration order, of the nodes alive with the demand
+    #   free, no idle worker and none starting (``StartWorker`` goes to the
+    #   first of them);
+    # * for pipelining, in two levels: each pipelining node keeps, per (shape
+    #   of the running task, tasks queued behind it), a heap by join order of
+    #   its busy workers that could take one more task (``node.open``); and
+    #   ``_open`` lists, per such key and per number of workers of the node,
+    #   a heap by registration order of the nodes that may have one, while
+    #   the node may take queued tasks (alive, starting no worker). A node's
+    #   own changes then cost O(keys), not O(workers): they re-list the node.
+    #
+    # Every mutation marks its node or worker dirty (``_node_changed``,
+    # ``_worker_changed``): a list append. ``_refresh``, before each decision,
+    # gives each dirty one a new stamp and pushes it afresh where it belongs.
+    # Heap entries carry the stamp they were pushed with and are valid only
+    # while it is still their node's or worker's: older ones are dropped when
+    # they surface, and swept once they outnumber the live ones. The result
+    # is exactly the old scan's choice (tests/test_scheduler_index.py checks
+    # this against the scan, event by event).
+
+    def _node_changed(self, node):
+        if not node.dirty:
+            node.dirty = True
+            self._dirty_nodes.append(node)
+
+    def _worker_changed(self, worker):
+        if worker.depth and not worker.dirty:  # only pipelining nodes' workers are indexed
+            worker.dirty = True
+            self._dirty_workers.append(worker)
+
+    def _refresh(self):
+        if self._dirty_nodes:
+            nodes, self._dirty_nodes = self._dirty_nodes, []
+            for node in nodes:
+                node.dirty = False
+                self._index_node(node)
+        if self._dirty_workers:
+            workers, self._dirty_workers = self._dirty_workers, []
+            for worker in workers:
+                worker.dirty = False
+                self._index_worker(worker)
+
+    def _index_node(self, node):
+        self._stamp += 1
+        node.version = self._stamp
+        if node.pipeline:
+            key = (node.alive and not node.starting, len(node.workers))
+            if key != node.pipe_key:
+                # Its entries in _open assumed it could pipeline, with so many
+                # workers: they are void; list it again where it has workers.
+                node.pipe_key = key
+                node.listing.clear()
+                if key[0]:
+                    for open_key in list(node.open):
+                        self._list(node, open_key)
+        bound = 2 * len(self._nodes) + 64
+        for place in self._places.values():
+            self._index_node_in(place, node, bound)
+
+    @staticmethod
+    def _index_node_in(place, node, bound):
+        if node.alive and fits(node.available, place.demand):
+            if node.idle:
+                place.candidates.update(node, True)
+                return
+            if not node.starting:
+                _push(place.starters, (node.order, node.version, node), bound)
+        place.candidates.update(node, False)
+
+    def _index_worker(self, worker):
+        if self._workers.get(worker.worker_id) is not worker:
+            return  # gone since it was marked (its version is -1)
+        self._stamp += 1
+        worker.version = self._stamp
+        if worker.task_id is None or worker.blocked or worker.sent_back or len(worker.queued) >= worker.depth:
+            return
+        spec = self._tasks[worker.task_id].spec
+        if self.adaptive_pipelining and spec.name in self._blocking_names:
+            return  # its task will likely wait in get and send back whatever queued behind it
+        node = self._nodes[worker.node_id]
+        key = (self._shape(spec.demand), len(worker.queued))
+        heap = node.open.get(key)
+        if heap is None:
+            heap = node.open[key] = []
+        _push(heap, (worker.seq, worker.version, worker), 2 * len(node.workers) + 16)
+        if key not in node.listing and node.pipe_key[0]:
+            self._list(node, key)
+
+    def _list(self, node, key):
+        """Enter ``node`` in ``_open`` under ``key`` (its previous entry there is void)."""
+        self._stamp += 1
+        node.listing[key] = self._stamp
+        buckets = self._open.get(key)
+        if buckets is None:
+            buckets = self._open[key] = {}
+        heap = buckets.get(len(node.workers))
+        if heap is None:
+            heap = buckets[len(node.workers)] = []
+        heappush(heap, (node.order, self._stamp, node))
+        if len(heap) > 2 * len(self._nodes) + 64:
+            heap[:] = [e for e in heap if e[2].listing is not None and e[2].listing.get(key) == e[1]]
+            heapify(heap)
+
+    @staticmethod
+    def _first_open(node, key):
+        """The first worker of ``node`` (in join order) that can take one more
+        task of ``key``, or None."""
+        heap = node.open.get(key)
+        while heap:
+            entry = heap[0]
+            if entry[2].version == entry[1]:
+                return entry[2]
+            heappop(heap)
+        if heap is not None:
+            del node.open[key]
         return None
+
+    def _place(self, shape, demand):
+        """The placement index of a demand shape; made by one scan of the nodes
+        the first time (or after it was dropped as the least recently used)."""
+        self._stamp += 1
+        place = self._places.get(shape)
+        if place is None:
+            if len(self._places) >= MAX_PLACEMENT_INDEXES:
+                del self._places[min(self._places, key=lambda s: self._places[s].used)]
+            place = self._places[shape] = _Place(demand, self.policy.index())
+            bound = 2 * len(self._nodes) + 64
+            for node in self._nodes.values():
+                self._index_node_in(place, node, bound)
+        place.used = self._stamp
+        return place
+
+    # ---------------------------------------------------------- placement
+    def _pick_node(self, spec, shape):
+        """The node to run ``spec`` on now, or None (then maybe ask a node that
+        has the resources free but no idle worker for one more worker)."""
+        self._refresh()
+        demand = spec.demand
+        place = self._place(shape, demand)
+        if self._located and self.policy.locality and len(place.candidates) > 1:
+            held = self._input_bytes(spec.dependencies)
+            if held is not None:
+                node = self._pick_local(held, demand)
+                if node is not None:
+                    return node
+        node = self.policy.pick(place.candidates)
+        if node is not None:
+            return node
+        starters = place.starters
+        while starters:
+            entry = starters[0]
+            node = entry[2]
+            if node.version == entry[1]:
+                # Resources are free but every worker is busy or blocked in get:
+                # ask for one more worker so the node stays busy.
+                node.starting += 1
+                self._node_changed(node)
+                self._out.append(cmd.StartWorker(node.node_id))
+                return None
+            heappop(starters)
+        return None
+
+    def _pick_local(self, held, demand):
+        """Among the candidates holding some of the inputs, those holding the
+        most bytes, chosen by the policy; None when no candidate holds any (the
+        policy then chooses among all of them). Only the holders are looked at."""
+        nodes = self._nodes
+        local = []
+        for node_id, size in held.items():
+            node = nodes.get(node_id)
+            if size > 0 and node is not None and node.alive and node.idle and fits(node.available, demand):
+                local.append(node)
+        if not local:
+            return None
+        local.sort(key=_registration_order)  # ties go to the node registered first, as in a scan
+        return self.policy.choose(most_local(local, held))
 
     def _input_bytes(self, dependencies):
         """Node id -> bytes of these inputs stored there, or None when no input
@@ -640,34 +908,78 @@ class Scheduler:
                 held[node_id] = held.get(node_id, 0) + size
         return held
 
-    def _pick_pipelined(self, demand, backlog):
+    # ------------------------------------------------ how deep to pipeline
+    def _note_run_time(self, name, seconds):
+        average = self._run_times.get(name)
+        if average is None:
+            if len(self._run_times) >= _MAX_TRACKED_NAMES:
+                return
+            self._run_times[name] = seconds
+        else:
+            self._run_times[name] = average + _RUN_TIME_WEIGHT * (seconds - average)
+
+    def _pipeline_limit(self, name):
+        """How many tasks of this name may wait behind a busy worker: none for
+        tasks that wait in ``get`` (one queued behind them would only be sent
+        back); else about PIPELINE_BUDGET seconds of them by their average run
+        time — deep for tiny tasks (throughput), one for long ones, so that a
+        worker never hoards work another idle worker could have started; two
+        while the run time is not known yet."""
+        if not self.adaptive_pipelining:
+            return None
+        if name in self._blocking_names:
+            return 0
+        average = self._run_times.get(name)
+        if average is None:
+            return _UNKNOWN_RUN_TIME_LIMIT
+        return max(1, int(PIPELINE_BUDGET / max(average, 1e-7)))
+
+    def _pick_pipelined(self, shape, backlog, limit=None):
         """A busy worker of a pipelining node whose current task has this exact
-        demand and fewer tasks queued behind it than the node's pipeline depth
-        (each one's resources pass straight on to the next). Shallowest queue first.
+        demand shape and fewer tasks queued behind it than the node's pipeline
+        depth (each one's resources pass straight on to the next). Shallowest
+        queue first, then by node registration and worker join order.
 
         Only for a backlog longer than the node has workers, and never while
         the node is still starting workers: a task queued behind a long one
         waits for it, which is worth it only when every worker has more work
-        coming anyway (throughput), not for a handful of tasks (latency)."""
-        best = None
-        for node in self._nodes.values():
-            depth = int(node.pipeline)
-            if not depth or not node.alive or node.starting or backlog <= len(node.workers):
+        coming anyway (throughput), not for a handful of tasks (latency).
+        The index groups nodes by worker count, so that condition skips
+        whole groups instead of looking at each node."""
+        if not self._max_depth:
+            return None
+        self._refresh()
+        for queued in range(self._max_depth if limit is None else min(limit, self._max_depth)):
+            key = (shape, queued)
+            buckets = self._open.get(key)
+            if not buckets:
                 continue
-            for worker_id in node.workers:
-                worker = self._workers[worker_id]
-                if worker.task_id is not None and len(worker.queued) < depth and not worker.blocked \
-                        and not worker.sent_back and self._tasks[worker.task_id].spec.demand == demand:
-                    if not worker.queued:
-                        return worker
-                    if best is None or len(worker.queued) < len(best.queued):
-                        best = worker
-        return best
+            best_order = best = None
+            for count, heap in list(buckets.items()):
+                if count >= backlog:
+                    continue
+                while heap:
+                    order, stamp, node = heap[0]
+                    if node.listing.get(key) == stamp:
+                        worker = self._first_open(node, key)
+                        if worker is not None:
+                            break
+                        del node.listing[key]  # none of its workers can take one any more
+                    heappop(heap)
+                else:
+                    del buckets[count]
+                    continue
+                if best is None or order < best_order:
+                    best_order, best = order, worker
+            if best is not None:
+                return best
+        return None
 
     def _assign(self, task, worker):
         task.state = ASSIGNED
         task.worker_id = worker.worker_id
         worker.queued.append(task.spec.task_id)
+        self._worker_changed(worker)
         self._out.append(cmd.Dispatch(task.spec, worker.worker_id, worker.node_id))
 
     def _start(self, task, node):
@@ -676,6 +988,8 @@ class Scheduler:
         worker.task_id = task.spec.task_id
         node.acquire(task.spec.demand)
         node.running += 1
+        self._node_changed(node)
+        self._worker_changed(worker)
         task.state = RUNNING
         task.worker_id = worker_id
         task.attempt += 1
@@ -692,6 +1006,8 @@ class Scheduler:
         worker.task_id = None
         worker.blocked = False
         worker.sent_back = False
+        self._node_changed(node)
+        self._worker_changed(worker)
         if worker.queued:
             # The task queued behind it starts now on the worker: it takes over
             # the resources (same demand) without a round trip.
@@ -717,14 +1033,17 @@ class Scheduler:
         while node.idle and len(node.workers) > node.base_workers and not node.blocked:
             retired = node.idle.pop(0)
             del node.workers[retired]
-            del self._workers[retired]
+            self._workers.pop(retired).version = -1
+            self._node_changed(node)
             self._out.append(cmd.StopWorker(retired))
 
     def _lose_worker(self, worker, node, reason):
         del self._workers[worker.worker_id]
+        worker.version = -1  # its pipelining index entries are void
         node.workers.pop(worker.worker_id, None)
         if worker.worker_id in node.idle:
             node.idle.remove(worker.worker_id)
+        self._node_changed(node)
         for task_id in reversed(worker.queued):  # back to the front of the queue, in order
             self._requeue_unstarted(self._tasks[task_id])
         worker.queued = []
@@ -748,6 +1067,7 @@ class Scheduler:
     def _lose_node(self, node, reason):
         node.alive = False
         self._feasibility.clear()
+        self._node_changed(node)
         for worker_id in list(node.workers):
             self._lose_worker(self._workers[worker_id], node,
                               f"node {node.node_id} lost ({reason}) while worker {worker_id} ran it")
@@ -817,6 +1137,8 @@ class Scheduler:
         task.state = PENDING
         task.waiting = len(pending)
         for obj in pending:
+            if obj.dependents is None:
+                obj.dependents = []
             obj.dependents.append(task.spec.task_id)
 
     def _failed_input(self, task):
@@ -830,7 +1152,9 @@ class Scheduler:
 
     def _object_ready(self, obj):
         obj.status = READY
-        dependents, obj.dependents = obj.dependents, []
+        dependents, obj.dependents = obj.dependents, None
+        if not dependents:
+            return
         tasks = self._tasks
         for task_id in dependents:
             task = tasks.get(task_id)
@@ -856,8 +1180,8 @@ class Scheduler:
                     obj = self._objects[return_id] = _Object()
                 obj.status = FAILED
                 obj.failure = failure
-                dependents, obj.dependents = obj.dependents, []
-                for dep_id in dependents:
+                dependents, obj.dependents = obj.dependents, None
+                for dep_id in dependents or ():
                     dependent = self._tasks.get(dep_id)
                     if dependent is not None:
                         stack.append(dependent)
