@@ -211,8 +211,11 @@ class ZmqClient(SerializingClient):
                 if server is not None and server.socket in ready:
                     server.handle_ready()
                 if self._stopping:
-                    self._flush_outbox(sock)
+                    if self._welcome.is_set():  # (never welcomed: no head to tell; a send could block)
+                        self._flush_outbox(sock)
                     break
+        except zmq.ContextTerminated:
+            pass  # shutdown gave up waiting for this thread and closed the context
         finally:
             sock.close(linger=200)
             if server is not None:
