@@ -28,6 +28,7 @@ It has no threads, sockets, clocks or pickles: owners call it from one thread
 """
 from __future__ import annotations
 
+from bisect import insort
 from collections import deque
 from heapq import heapify, heappop, heappush
 
@@ -223,6 +224,7 @@ class Scheduler:
         self._dirty_workers = []
         self._places = {}  # demand shape -> _Place
         self._open = {}
+        self._open_levels = {}  # demand shape -> sorted queue lengths q with a key (shape, q) in _open
         self._stamp = 0  # source of unique, increasing stamps for index entries
         self._next_order = 0  # registration order of the next new node id
         self._next_seq = 0  # join order of the next worker
@@ -809,6 +811,7 @@ class Scheduler:
         buckets = self._open.get(key)
         if buckets is None:
             buckets = self._open[key] = {}
+            insort(self._open_levels.setdefault(key[0], []), key[1])
         heap = buckets.get(len(node.workers))
         if heap is None:
             heap = buckets[len(node.workers)] = []
@@ -949,10 +952,19 @@ class Scheduler:
         if not self._max_depth:
             return None
         self._refresh()
-        for queued in range(self._max_depth if limit is None else min(limit, self._max_depth)):
+        levels = self._open_levels.get(shape)
+        if not levels:
+            return None
+        # Only the queue lengths that have entries, shallowest first: with
+        # deep pipelines most of the 0..depth-1 range is empty.
+        for queued in list(levels):
+            if limit is not None and queued >= limit:
+                break
             key = (shape, queued)
-            buckets = self._open.get(key)
+            buckets = self._open[key]
             if not buckets:
+                del self._open[key]
+                levels.remove(queued)
                 continue
             best_order = best = None
             for count, heap in list(buckets.items()):
