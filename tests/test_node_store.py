@@ -29,11 +29,6 @@ def store(tmp_path):
     s.close()
 
 
-def objects_in(directory):
-    """The object files of a store directory (not its ``.reserve`` of pre-allocated files)."""
-    return sorted(name for name in os.listdir(directory) if not name.startswith("."))
-
-
 def make_store(tmp_path, limit):
     return NodeStore("node:1", memory_limit=limit, shm_root=str(tmp_path / "shm"), spill_dir=str(tmp_path / "spill"))
 
@@ -118,7 +113,7 @@ def test_buffers_are_64_byte_aligned(tmp_path):
 def test_write_is_atomic_and_leaves_no_temp_files(store, tmp_path):
     for i in range(5):
         store.write(f"obj{i}", *serialization.dumps(np.ones(50_000)))
-    assert sorted(objects_in(store.shm_dir)) == [f"obj{i}" for i in range(5)]
+    assert sorted(os.listdir(store.shm_dir)) == [f"obj{i}" for i in range(5)]
     # A failed write leaves neither the object nor its temp file.
     path = str(tmp_path / "failed")
     with pytest.raises(BufferError):
@@ -153,7 +148,7 @@ def test_spilling_keeps_memory_within_limit(tmp_path):
         stats = store.stats()
         assert stats["limit"] == MB and stats["spilled_objects"] >= 7 and stats["spilled"] > 0
         assert stats["objects"] + stats["spilled_objects"] == 10
-        assert sum(os.path.getsize(Path(store.shm_dir, n)) for n in objects_in(store.shm_dir)) == stats["used"]
+        assert sum(os.path.getsize(Path(store.shm_dir, n)) for n in os.listdir(store.shm_dir)) == stats["used"]
         # The oldest went to disk first; the newest stayed in memory.
         assert NodeStore.locate(store.shm_dir, store.spill_dir, "o0") == os.path.join(store.spill_dir, "o0")
         assert NodeStore.locate(store.shm_dir, store.spill_dir, "o9") == os.path.join(store.shm_dir, "o9")
@@ -171,7 +166,7 @@ def test_lru_order_follows_reads(tmp_path):
             store.write(object_id, *serialization.dumps(np.zeros(400_000, dtype=np.uint8)))
         store.open("a")  # now "b" is the least recently used
         store.write("c", *serialization.dumps(np.zeros(400_000, dtype=np.uint8)))
-        assert sorted(objects_in(store.shm_dir)) == ["a", "c"]
+        assert sorted(os.listdir(store.shm_dir)) == ["a", "c"]
         assert os.listdir(store.spill_dir) == ["b"]
     finally:
         store.close()
@@ -185,7 +180,7 @@ def test_object_over_the_limit_goes_straight_to_disk(tmp_path):
         path = store.path_for_new("huge", object_size(header, buffers))
         assert path == os.path.join(store.spill_dir, "huge")
         store.write("huge", header, buffers)
-        assert objects_in(store.shm_dir) == ["small"]  # the small one was not pushed out
+        assert os.listdir(store.shm_dir) == ["small"]  # the small one was not pushed out
         stats = store.stats()
         assert stats["objects"] == 1 and stats["spilled_objects"] == 1 and stats["spilled"] > 2 * MB
         assert serialization.loads(*store.open("huge")).sum() == 0
@@ -225,7 +220,7 @@ def test_free_removes_files(tmp_path):
             store.write(f"f{i}", *serialization.dumps(np.zeros(400_000, dtype=np.uint8)))
         assert store.stats()["spilled_objects"] > 0
         store.free([f"f{i}" for i in range(4)] + ["unknown"])
-        assert objects_in(store.shm_dir) == [] and os.listdir(store.spill_dir) == []
+        assert os.listdir(store.shm_dir) == [] and os.listdir(store.spill_dir) == []
         assert store.stats() == {"used": 0, "spilled": 0, "limit": MB, "objects": 0, "spilled_objects": 0}
         assert "f0" not in store
         with pytest.raises(KeyError):
@@ -389,28 +384,9 @@ def test_threads_share_one_store(tmp_path):
             list(pool.map(work, range(4)))
         stats = store.stats()
         assert stats["used"] <= 2 * MB and stats["objects"] + stats["spilled_objects"] == 40
-        on_disk = objects_in(store.shm_dir) + os.listdir(store.spill_dir)
+        on_disk = os.listdir(store.shm_dir) + os.listdir(store.spill_dir)
         assert sorted(on_disk) == sorted(f"t{t}_{i}" for t in range(4) for i in range(0, 20, 2))
-        assert stats["used"] == sum(os.path.getsize(Path(store.shm_dir, n)) for n in objects_in(store.shm_dir))
+        assert stats["used"] == sum(os.path.getsize(Path(store.shm_dir, n)) for n in os.listdir(store.shm_dir))
         assert stats["spilled"] == sum(os.path.getsize(Path(store.spill_dir, n)) for n in os.listdir(store.spill_dir))
-    finally:
-        store.close()
-
-
-def test_a_reserve_file_is_refilled_and_used_for_the_next_large_object(tmp_path):
-    store = NodeStore("reserve", memory_limit=256 << 20, shm_root=str(tmp_path), spill_dir=str(tmp_path / "spill"))
-    try:
-        first = np.arange(6 << 20 >> 3, dtype=np.int64)  # 6 MiB: size class 8 MiB
-        header, buffers = serialization.dumps(first)
-        store.write("big1", header, buffers)
-        store.refill_reserve()
-        assert os.listdir(store.reserve_dir) == [f"{8 << 20}-1"]
-        second = first + 1
-        header, buffers = serialization.dumps(second)
-        store.write("big2", header, buffers)
-        assert os.listdir(store.reserve_dir) == []  # claimed, truncated to the object's size
-        header, buffers = store.open("big2")
-        assert np.array_equal(pickle.loads(header, buffers=buffers), second)
-        assert os.path.getsize(os.path.join(store.shm_dir, "big2")) < 7 << 20
     finally:
         store.close()

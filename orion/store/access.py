@@ -62,8 +62,7 @@ class LocalNode:
         if directory not in self._made:
             os.makedirs(directory, exist_ok=True)
             self._made.add(directory)
-        shm_format.write_object(os.path.join(directory, object_id), header, buffers,
-                                os.path.join(self.shm_dir, ".reserve") if directory == self.shm_dir else None)
+        shm_format.write_object(os.path.join(directory, object_id), header, buffers)
         if seal:
             self.seal(object_id, size)
         return size

@@ -29,7 +29,6 @@ and remove what a process that died without ``close`` left behind.
 from __future__ import annotations
 
 import collections
-import itertools
 import os
 import re
 import shutil
@@ -37,7 +36,7 @@ import tempfile
 import threading
 import weakref
 
-from .shm_format import RESERVE_MIN, object_size, read_object, size_class, temp_path, write_object
+from .shm_format import object_size, read_object, temp_path, write_object
 
 _ID = re.compile(r"[0-9A-Za-z_-]{1,128}")
 _STORE_DIR = re.compile(r"orion-[0-9A-Za-z_-]+-([0-9]+)")
@@ -158,13 +157,6 @@ class NodeStore:
         self.shm_dir = os.path.join(shm_root or default_shm_root(), f"orion-{name}-{pid}")
         self.spill_dir = spill_dir or os.path.join(tempfile.gettempdir(), f"orion-spill-{name}-{pid}")
         os.makedirs(self.shm_dir, mode=0o700, exist_ok=True)
-        # Pre-allocated files that writers fill instead of fresh ones (see
-        # shm_format.RESERVE_MIN): at most one per size class seen, and all of
-        # them within an eighth of the memory limit.
-        self.reserve_dir = os.path.join(self.shm_dir, ".reserve")
-        os.makedirs(self.reserve_dir, mode=0o700, exist_ok=True)
-        self._reserve_wanted = set()  # size classes of objects sealed since the last refill
-        self._reserve_numbers = itertools.count(1)
         self._lock = threading.Lock()
         self._shm = collections.OrderedDict()  # object id -> size; least recently used first
         self._spilled = {}                     # object id -> size
@@ -208,7 +200,7 @@ class NodeStore:
         if size is not None:
             return size
         path = self.path_for_new(object_id, object_size(header, buffers))
-        size = write_object(path, header, buffers, self.reserve_dir)
+        size = write_object(path, header, buffers)
         self.sealed(object_id, size, path)
         return size
 
@@ -244,8 +236,6 @@ class NodeStore:
                 return
             self._shm[object_id] = size
             self._used += size
-            if size >= RESERVE_MIN:
-                self._reserve_wanted.add(size_class(size))
             self._spill_over_limit(keep=object_id)
 
     def _spill_over_limit(self, keep):
@@ -331,37 +321,6 @@ class NodeStore:
                         os.unlink(path)
                     except FileNotFoundError:
                         pass
-
-    def refill_reserve(self):
-        """Pre-allocate a reserve file for each size class written since the
-        last call that has none (the node's thread calls this when it has a
-        moment: the allocation is off the writers' path)."""
-        with self._lock:
-            wanted, self._reserve_wanted = self._reserve_wanted, set()
-            if not wanted or self._closed:
-                return
-        try:
-            present = os.listdir(self.reserve_dir)
-        except OSError:
-            return
-        held = sum(int(name.split("-", 1)[0]) for name in present if name.split("-", 1)[0].isdigit())
-        for size in sorted(wanted):
-            if any(name.startswith(f"{size}-") for name in present) or held + size > self.memory_limit // 8:
-                continue
-            tmp = os.path.join(self.shm_dir, f".reserve-tmp-{os.getpid()}")
-            try:
-                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-                try:
-                    os.posix_fallocate(fd, 0, size)
-                finally:
-                    os.close(fd)
-                os.rename(tmp, os.path.join(self.reserve_dir, f"{size}-{next(self._reserve_numbers)}"))
-                held += size
-            except OSError:  # no room: writers simply make fresh files
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
 
     def stats(self):
         with self._lock:

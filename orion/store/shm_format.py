@@ -69,34 +69,18 @@ def object_size(header, buffers):
     return _layout(len(_flat(header)), [_flat(b).nbytes for b in buffers])[0]
 
 
-# Objects of at least this size are written into a reserve file when one is
-# ready: its pages are allocated already (fallocate), which halves the write
-# (100 MiB: ~19 ms instead of ~37 ms on tmpfs, most of it the kernel zeroing
-# fresh pages). The node keeps one reserve file per size class (node_store).
-RESERVE_MIN = 4 << 20
-
-
-def size_class(size):
-    """The reserve size class of an object: the next power of two."""
-    return 1 << (size - 1).bit_length()
-
-
-def write_object(path, header, buffers, reserve_dir=None):
+def write_object(path, header, buffers):
     """Write one value to ``path`` atomically; return the file size.
 
     Each source buffer is copied once, straight into the file with
     ``pwrite`` (about twice as fast on tmpfs as faulting in the pages of a
-    writable mapping one by one), into a claimed reserve file of
-    ``reserve_dir`` when there is one of the right size class.
+    writable mapping one by one).
     """
     header = _flat(header)
     views = [_flat(b) for b in buffers]
     size, offsets = _layout(len(header), [v.nbytes for v in views])
     tmp = temp_path(path)
-    if reserve_dir is not None and size >= RESERVE_MIN and _claim_reserve(reserve_dir, size, tmp):
-        fd = os.open(tmp, os.O_RDWR)
-    else:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:
             os.ftruncate(fd, size)
@@ -118,24 +102,6 @@ def write_object(path, header, buffers, reserve_dir=None):
             pass
         raise
     return size
-
-
-def _claim_reserve(reserve_dir, size, tmp):
-    """Move a reserve file of ``size``'s class to ``tmp`` (rename is atomic:
-    of several writers racing for one file, one gets it); False if none."""
-    prefix = f"{size_class(size)}-"
-    try:
-        names = os.listdir(reserve_dir)
-    except OSError:
-        return False
-    for name in names:
-        if name.startswith(prefix):
-            try:
-                os.rename(os.path.join(reserve_dir, name), tmp)
-                return True
-            except FileNotFoundError:
-                continue  # another writer took it
-    return False
 
 
 def _write_all(fd, data, offset):

@@ -34,18 +34,12 @@ class EmbeddedClient(SerializingClient):
         # Workers' output reaches us through a callback on the head's thread.
         self._log_printer = LogPrinter() if log_to_driver else None
         store = node.store
-        self.local = LocalNode(node.node_id, store.shm_dir, store.spill_dir, store.memory_limit, self._sealed)
+        self.local = LocalNode(node.node_id, store.shm_dir, store.spill_dir, store.memory_limit, store.sealed)
         self.objects = ObjectAccess(server.context, node.keys, self.local)
         with server.lock:
             server.transport.local_clients[self.peer_id] = self  # the head calls self.put_entry
             server.logs.local[self.peer_id] = (self._log_printer.print_records if log_to_driver
                                                else _drop_output)
-
-    def _sealed(self, object_id, size):
-        """We wrote a large put into the node's store: account it, and let the
-        node's thread refill its reserve off our path."""
-        self.node.store.sealed(object_id, size)
-        self.node._wake()
 
     def put_entry(self, object_id, entry):
         """The head delivers a value or failure (under the server lock)."""

@@ -162,7 +162,6 @@ class NodeAgent:
                 self._reap()
             if self.object_server.socket in ready:
                 self.object_server.handle_ready()
-            self.store.refill_reserve()  # (nothing to do unless objects were sealed)
             if self.socket in ready:
                 while True:
                     try:
