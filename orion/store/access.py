@@ -51,6 +51,8 @@ class LocalNode:
             return open_object(self.shm_dir, self.spill_dir, object_id)
         except (KeyError, FileNotFoundError):  # never here, or freed meanwhile
             return None
+        except ValueError:  # an id that cannot name a file, or a corrupt file: not usable here
+            return None
 
     def write(self, object_id, header, buffers, seal=True):
         """Write a value into the node's store (straight to disk when it alone
