@@ -124,7 +124,10 @@ def fetch(context, address, object_id, size=0, keys=None, timeout=None):
                                       | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                                       | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
     try:
-        sock.connect(address)
+        try:
+            sock.connect(address)
+        except zmq.ZMQError as exc:  # not an address at all
+            raise FetchError(f"cannot connect to {address!r}: {exc}") from None
         sock.send_multipart(protocol.encode("fetch", [object_id]))
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
