@@ -35,7 +35,6 @@ prints n/a and the reason).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -351,13 +350,7 @@ def measure(system_name, workers):
     return results
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("system", choices=sorted(SYSTEMS))
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
-    json.dump(measure(args.system, args.workers), sys.stdout)
-
-
 if __name__ == "__main__":
-    main()
+    from workloads import run_cli  # (run.py runs this file as a script: its folder is on sys.path)
+
+    run_cli(SYSTEMS, measure)

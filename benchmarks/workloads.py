@@ -226,13 +226,15 @@ def measure(system_name, workers):
     return results
 
 
-def main():
+def run_cli(systems, measure_one):
+    """``SCRIPT SYSTEM [--workers N]``: measure once, print the results as JSON
+    (run.py runs each repetition as a fresh process; objects.py shares this)."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("system", choices=sorted(SYSTEMS))
+    parser.add_argument("system", choices=sorted(systems))
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    json.dump(measure(args.system, args.workers), sys.stdout)
+    json.dump(measure_one(args.system, args.workers), sys.stdout)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(SYSTEMS, measure)

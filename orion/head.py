@@ -23,6 +23,7 @@ import os
 import time
 from collections import deque
 
+from .ids import return_ids
 from .object_store import Failed, ObjectStore, Remote
 from .observe.tasklog import TaskLog
 from .scheduler import commands as cmd
@@ -204,7 +205,7 @@ class Head:
         if values is not None:  # not accepted (a stale or cancelled attempt): free its copies
             self._producers.pop(task_id, None)
             if node_id is not None:
-                self.transport.free(node_id, [r for r, v in zip(self._return_ids(task_id, values), values)
+                self.transport.free(node_id, [r for r, v in zip(return_ids(task_id, len(values)), values)
                                               if type(v) is Remote])
 
     def task_failed(self, worker_id, task_id, failure, retryable=False, cancelled=False, times=None):
@@ -353,7 +354,7 @@ class Head:
             elif kind is cmd.Publish:
                 tasklog.finished(command.task_id, now)
                 values = self._results.pop(command.task_id)
-                producer = self._producers.pop(command.task_id, None)
+                producer = self._producers.pop(command.task_id, None) if self._producers else None
                 if producer is not None:
                     self._record_large(command.return_ids, values, *producer)
                 self._store_all(command.return_ids, values, command.task_id)
@@ -416,12 +417,6 @@ class Head:
         for holder in entry.holders:
             self.held.get(holder.node_id, set()).discard(object_id)
             self.transport.free(holder.node_id, [object_id])
-
-    @staticmethod
-    def _return_ids(task_id, values):
-        from .ids import return_ids
-
-        return return_ids(task_id, len(values))
 
     def _store_all(self, object_ids, entries, task_id=None):
         self.store.put_many(zip(object_ids, entries))

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import time
 
 import pytest
 
 import orion
 
+from conftest import wait_for_file
 from helpers_cluster import OrionProcess, free_port, run_orion, wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -17,11 +16,7 @@ pytestmark = pytest.mark.timeout(90)
 
 @orion.remote
 def hold(release, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(release):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{release} did not appear")
-        time.sleep(0.005)
+    wait_for_file(release, timeout)
     return "released"
 
 

@@ -105,7 +105,7 @@ class TaskLog:
             record[_STARTED], record[_FINISHED] = times
 
     def finished(self, task_id, now):
-        record = self._inflight.pop(task_id, None)  # the hot path: _take, _count and _end inlined
+        record = self._inflight.pop(task_id, None)  # the hot path: _take and _count inlined
         if record is None:
             record = self._take(task_id)
             if record is None:
@@ -114,16 +114,7 @@ class TaskLog:
         if counter is None:
             counter = self._counter(record[_NAME])
         counter[FINISHED] += 1
-        record[_STATE] = "finished"
-        record[_ENDED] = now
-        ended = tuple(record)
-        self._index[task_id] = ended
-        ring = self._ring
-        ring.append(ended)
-        if len(ring) > self.ring_size:
-            old = ring.popleft()
-            if self._index.get(old[_ID]) is old:
-                del self._index[old[_ID]]
+        self._end(record, "finished", now)
 
     def failed(self, task_id, failure, now):
         record = self._take(task_id)
