@@ -41,6 +41,7 @@ class LocalNode:
         self.node_id = node_id
         self.shm_dir = shm_dir
         self.spill_dir = spill_dir
+        self.pool_dir = shm_format.recycle_dir(shm_dir)  # where the node keeps freed files to reuse
         self.limit = limit
         self.seal = seal
         self._made = set()  # directories known to exist
@@ -60,11 +61,14 @@ class LocalNode:
         caller tells the node itself (``seal`` may be for one thread only)."""
         validate_object_id(object_id)
         size = shm_format.object_size(header, buffers)
-        directory = self.spill_dir if size > self.limit else self.shm_dir
+        in_memory = size <= self.limit
+        directory = self.shm_dir if in_memory else self.spill_dir
         if directory not in self._made:
             os.makedirs(directory, exist_ok=True)
             self._made.add(directory)
-        shm_format.write_object(os.path.join(directory, object_id), header, buffers)
+        # Recycling a freed file saves zeroing fresh pages; pool files are in shared memory only.
+        shm_format.write_object(os.path.join(directory, object_id), header, buffers,
+                                recycle_dir=self.pool_dir if in_memory else None)
         if seal:
             self.seal(object_id, size)
         return size

@@ -20,11 +20,26 @@ directories and use ``locate_object`` / ``open_object``.
 A reader that checks shared memory first and the spill directory second always
 finds an object that exists, because spilling copies the file into the spill
 directory (under a temporary name, renamed into place) *before* it unlinks the
-shared-memory file. Freeing or spilling unlinks files; readers that already
-mapped one keep reading it, as unlink leaves open mappings intact.
+shared-memory file. Freeing or spilling unlinks files (or recycles them, see
+below); readers that already mapped one keep reading it, as unlink leaves
+open mappings intact.
+
+Freed files are recycled (see ``shm_format``): ``free`` moves the file of a
+large object held in shared memory (``RECYCLE_MIN`` bytes or more) into the
+pool ``<shm dir>/.free/`` instead of unlinking it, and the next writer of a
+similar size, in any process of the node, claims it and overwrites it, which
+saves the kernel zeroing fresh pages. Readers pin what they map, so a freed
+object that is still mapped is never overwritten: writers skip (and unlink)
+such a file. The pool is memory too: it holds at most ``POOL_MAX_FILES``
+files and ``min(memory_limit / 4, POOL_MAX_BYTES)`` bytes, counts towards the
+limit, and when a sealed object pushes usage over the limit pool files go,
+oldest first, before any live object is spilled. Writers in other processes
+take files out of the pool behind the node's back, so the node lists the pool
+directory (names only: they carry the size) whenever it needs its size.
 
 The directories carry the owner's pid, so ``NodeStore.cleanup_stale`` can find
-and remove what a process that died without ``close`` left behind.
+and remove what a process that died without ``close`` left behind; the pool is
+inside the shared-memory directory and goes with it.
 """
 from __future__ import annotations
 
@@ -36,7 +51,8 @@ import tempfile
 import threading
 import weakref
 
-from .shm_format import object_size, read_object, temp_path, write_object
+from .shm_format import (RECYCLE_MIN, object_size, pool_files, pool_name, read_object, recycle_dir, temp_path,
+                         write_object)
 
 _ID = re.compile(r"[0-9A-Za-z_-]{1,128}")
 _STORE_DIR = re.compile(r"orion-[0-9A-Za-z_-]+-([0-9]+)")
@@ -50,12 +66,17 @@ _UNITS = {
 }
 MEMORY_ENV = "ORION_OBJECT_STORE_MEMORY"
 
+# Bounds of the pool of recycled files: a few files keep listing it cheap, and
+# memory the pool holds is memory no object can use.
+POOL_MAX_FILES = 64
+POOL_MAX_BYTES = 4 << 30
+
 
 def validate_object_id(object_id):
     """Return ``object_id`` if it is safe as a file name, else raise ValueError.
 
     Ids come off the network, and an id such as ``../x`` must not name a file
-    outside the store.
+    outside the store. No id starts with ".", so none names the pool directory.
     """
     if not isinstance(object_id, str) or not _ID.fullmatch(object_id):
         raise ValueError(f"invalid object id {object_id!r}: expected 1 to 128 characters of [0-9A-Za-z_-]")
@@ -157,6 +178,8 @@ class NodeStore:
         self.shm_dir = os.path.join(shm_root or default_shm_root(), f"orion-{name}-{pid}")
         self.spill_dir = spill_dir or os.path.join(tempfile.gettempdir(), f"orion-spill-{name}-{pid}")
         os.makedirs(self.shm_dir, mode=0o700, exist_ok=True)
+        self.pool_dir = recycle_dir(self.shm_dir)  # made by the first free that recycles a file
+        self.pool_limit = min(self.memory_limit // 4, POOL_MAX_BYTES)
         self._lock = threading.Lock()
         self._shm = collections.OrderedDict()  # object id -> size; least recently used first
         self._spilled = {}                     # object id -> size
@@ -200,17 +223,20 @@ class NodeStore:
         if size is not None:
             return size
         path = self.path_for_new(object_id, object_size(header, buffers))
-        size = write_object(path, header, buffers)
+        # Pool files are in shared memory: recycling one for a spill file would be a copy across file systems.
+        recycle = self.pool_dir if path == self._shm_path(object_id) else None
+        size = write_object(path, header, buffers, recycle_dir=recycle)
         self.sealed(object_id, size, path)
         return size
 
     def sealed(self, object_id, size, path=None):
         """A writer finished writing ``object_id`` (``size`` bytes, at ``path``): account it.
 
-        Then spill least recently used objects until shared memory is within the
-        limit. Sealing an id twice counts it once. Spilling copies files while
-        holding the lock, for simplicity: calls on this store wait for it, readers
-        in other processes do not.
+        Then, while shared memory (pool included) is over the limit, drop pool
+        files, oldest first, and then spill least recently used objects.
+        Sealing an id twice counts it once. Spilling copies files while holding
+        the lock, for simplicity: calls on this store wait for it, readers in
+        other processes do not.
         """
         validate_object_id(object_id)
         with self._lock:
@@ -239,9 +265,23 @@ class NodeStore:
             self._spill_over_limit(keep=object_id)
 
     def _spill_over_limit(self, keep):
-        """Spill LRU objects, ``keep`` last, until shm usage is within the limit (lock held)."""
+        """Drop pool files, then spill LRU objects, ``keep`` last, until shm usage
+        (pool included) is within the limit (lock held)."""
+        if self._used + self.pool_limit <= self.memory_limit:
+            return  # the common case: within the limit whatever the pool holds, no listing needed
+        # Pool files are spare memory: they go first, oldest first.
+        pool = pool_files(self.pool_dir)
+        pooled = sum(f.size for f in pool)
+        for spare in pool:
+            if self._used + pooled <= self.memory_limit:
+                break
+            try:
+                os.unlink(spare.path)
+            except FileNotFoundError:
+                pass  # a writer claimed it: its new object is accounted when sealed
+            pooled -= spare.size
         if self._used <= self.memory_limit:
-            return  # the common case: no list of every object to build
+            return  # no list of every object to build
         # The object just sealed goes last: only if it alone is over the limit.
         for object_id in [oid for oid in self._shm if oid != keep] + [keep]:
             if self._used <= self.memory_limit:
@@ -304,7 +344,10 @@ class NodeStore:
 
     # ------------------------------------------------------------ releasing
     def free(self, object_ids):
-        """Delete objects (unknown ids are ignored); readers that mapped them keep their mapping."""
+        """Delete objects (unknown ids are ignored); readers that mapped them keep their mapping.
+
+        The file of a large object in shared memory goes to the pool, while it has room.
+        """
         if isinstance(object_ids, str):
             object_ids = [object_ids]
         for object_id in object_ids:
@@ -312,20 +355,50 @@ class NodeStore:
         with self._lock:
             if self._closed:
                 return
+            pool = None  # [files, bytes]; listed on the first object worth recycling
             for object_id in object_ids:
-                self._used -= self._shm.pop(object_id, 0)
+                size = self._shm.pop(object_id, None)
                 self._spilled_bytes -= self._spilled.pop(object_id, 0)
+                recycled = False
+                if size is not None:
+                    self._used -= size
+                    if size >= RECYCLE_MIN:
+                        if pool is None:
+                            listing = pool_files(self.pool_dir)
+                            pool = [len(listing), sum(f.size for f in listing)]
+                        recycled = self._recycle(object_id, size, pool)
                 # Unlink under the lock, so that a concurrent spill cannot recreate the disk copy.
-                for path in (self._shm_path(object_id), self._spill_path(object_id)):
+                paths = [self._spill_path(object_id)]
+                if not recycled:
+                    paths.append(self._shm_path(object_id))
+                for path in paths:
                     try:
                         os.unlink(path)
                     except FileNotFoundError:
                         pass
 
+    def _recycle(self, object_id, size, pool):
+        """Move a freed object's shm file into the pool if it has room; whether it did (lock held)."""
+        if pool[0] >= POOL_MAX_FILES or pool[1] + size > self.pool_limit:
+            return False
+        os.makedirs(self.pool_dir, mode=0o700, exist_ok=True)
+        try:
+            # A reader that still maps the file keeps its pin: no writer reuses it until it lets go.
+            os.rename(self._shm_path(object_id), os.path.join(self.pool_dir, pool_name(size)))
+        except FileNotFoundError:
+            return False  # gone already (freed by another process): nothing to keep
+        pool[0] += 1
+        pool[1] += size
+        return True
+
     def stats(self):
+        """Bytes and counts: live in memory (``used``, ``objects``), spilled to disk, and
+        recycled (freed files kept in the pool for writers to reuse: memory, not objects)."""
         with self._lock:
+            pool = pool_files(self.pool_dir)
             return {"used": self._used, "spilled": self._spilled_bytes, "limit": self.memory_limit,
-                    "objects": len(self._shm), "spilled_objects": len(self._spilled)}
+                    "objects": len(self._shm), "spilled_objects": len(self._spilled),
+                    "recycled": sum(f.size for f in pool), "recycled_files": len(pool)}
 
     def close(self):
         """Remove both directories and every object in them; idempotent."""
