@@ -78,8 +78,10 @@ class Client:
     def _request(self, object_ids):
         """Make sure these values will reach the local store."""
 
-    def _blocked(self, worker_id, blocked):
-        """Tell the head this worker waits in get (True) or runs again (False)."""
+    def _blocked(self, worker_id, blocked, waits=()):
+        """Tell the head this worker waits in get (True) or runs again (False).
+        ``waits``: the ids it waits for when it needs all of them (no timeout):
+        the head may have this worker run their producers meanwhile."""
 
     def _send_cancel(self, task_id, force):
         raise NotImplementedError
@@ -320,7 +322,7 @@ class Client:
         # Inside a task: give the slot back while we wait, so the tasks we wait
         # for can run (no deadlock in recursive task graphs).
         with worker.guard():
-            self._blocked(worker.worker_id, True)
+            self._blocked(worker.worker_id, True, missing if num_ready is None and timeout is None else ())
         try:
             return worker.wait_interruptibly(store, object_ids, num_ready, timeout)
         finally:

@@ -23,7 +23,7 @@ import os
 import time
 from collections import deque
 
-from .ids import return_ids
+from .ids import return_ids, task_of
 from .object_store import Failed, ObjectStore, Remote
 from .observe.tasklog import TaskLog
 from .scheduler import commands as cmd
@@ -290,8 +290,11 @@ class Head:
                 self._plan_rebuild(dep, why, events, specs, released)
         specs[spec.task_id] = spec
 
-    def worker_blocked(self, worker_id):
-        self._feed([ev.WorkerBlocked(worker_id)])
+    def worker_blocked(self, worker_id, object_ids=()):
+        """``object_ids``: what its get waits for, all of them (empty when the
+        wait may end early): the scheduler may have the worker run their
+        producers itself."""
+        self._feed([ev.WorkerBlocked(worker_id, tuple(dict.fromkeys(map(task_of, object_ids))))])
 
     def worker_unblocked(self, worker_id):
         self._feed([ev.WorkerUnblocked(worker_id)])
@@ -349,7 +352,8 @@ class Head:
             if kind is cmd.Dispatch:
                 spec = command.spec
                 inputs = {dep: store.lookup(dep) for dep in spec.dependencies} if spec.dependencies else None
-                transport.dispatch(command.worker_id, spec, inputs, self.functions[spec.payload.function_id])
+                transport.dispatch(command.worker_id, spec, inputs, self.functions[spec.payload.function_id],
+                                   command.nested)
                 tasklog.dispatched(spec, command.worker_id, command.node_id, now)
             elif kind is cmd.Publish:
                 tasklog.finished(command.task_id, now)

@@ -304,7 +304,7 @@ def _mutations(rng, count):
         "hello": ["client", "c:fuzz", None, 1], "goodbye": [], "heartbeat": [],
         "submit": [[["f-fuzz", b"\x80\x05N."]], [record]], "put": ["o-fuzz", b"\x80\x05N.", 0],
         "subscribe": [["t-fuzz.r"]], "cancel": ["t-fuzz", False], "release": [["t-fuzz.r"]], "nodes": [1],
-        "blocked": [], "unblocked": [], "done": [[["t-fuzz", [[b"\x80\x05N.", 0]], [1.0, 2.0]]]],
+        "blocked": [[]], "unblocked": [], "done": [[["t-fuzz", [[b"\x80\x05N.", 0]], [1.0, 2.0]]]],
         "failed": ["t-fuzz", ["task_error", "m", None], True, False, [1.0, 2.0]], "status": [1], "timeline": [1],
         "register": ["fuzz", {"CPU": 1}, 1, "127.0.0.1", 1], "worker_died": ["fuzz-w1", "gone"],
     }

@@ -8,11 +8,16 @@ from .events import Failure, TaskSpec
 
 @dataclass(slots=True)
 class Dispatch:
-    """Run ``spec`` on ``worker_id`` (which lives on ``node_id``)."""
+    """Run ``spec`` on ``worker_id`` (which lives on ``node_id``).
+
+    ``nested``: the worker's task waits in ``get`` for this task's results,
+    and the worker runs it right there, inside that ``get`` (see "Helping" in
+    the scheduler); tasks dispatched together this way run in order."""
 
     spec: TaskSpec
     worker_id: str
     node_id: str
+    nested: bool = False
 
 
 @dataclass(slots=True)

@@ -128,9 +128,14 @@ class WorkerLost:
 
 @dataclass(slots=True)
 class WorkerBlocked:
-    """The worker's running task waits in ``get``: it gives its resources back."""
+    """The worker's running task waits in ``get``: it gives its resources back.
+
+    ``task_ids``: the tasks whose results it waits for, all of them (a ``get``
+    without timeout); the scheduler may have the worker run those itself while
+    it waits. Empty when the wait may end early (``wait``, a timeout)."""
 
     worker_id: str
+    task_ids: tuple = ()
 
 
 @dataclass(slots=True)

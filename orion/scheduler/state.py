@@ -12,7 +12,8 @@ commands (``orion.scheduler.commands``) its owner must carry out. It owns:
 * resource accounting per node (totals, free now) and per worker (idle, busy,
   blocked in ``get``);
 * placement (``placement.py``), retries, failure propagation to dependents and
-  cancellation. Placement never scans the cluster: per demand shape it keeps
+  cancellation; helping: a worker whose task waits in ``get`` runs the tasks
+  it waits for itself (see "Helping"). Placement never scans the cluster: per demand shape it keeps
   an index of the nodes that can take such a task now (and of those that
   could, but lack an idle worker), and per shape and queue length one of the
   busy workers that can take one more task (pipelining), so a dispatch costs
@@ -53,6 +54,9 @@ PIPELINE_BUDGET = 0.002
 _UNKNOWN_RUN_TIME_LIMIT = 2
 _RUN_TIME_WEIGHT = 0.2  # of the newest run in the moving average
 _MAX_TRACKED_NAMES = 10_000  # task names with statistics (a bound for generated names)
+# Helping: how many tasks deep one worker may nest tasks run inside a waiting
+# task's get (each level is a Python frame stack in the worker process).
+MAX_NESTING = 32
 # Demand shapes whose placement index is kept up to date. Each one costs a
 # little on every change of a node; programs use a handful of shapes, and the
 # least recently used index beyond this many is dropped (and rebuilt by one
@@ -156,7 +160,7 @@ class _Node:
 
 class _Worker:
     __slots__ = ("worker_id", "node_id", "task_id", "queued", "blocked", "sent_back", "seq", "depth",
-                 "version", "dirty")
+                 "version", "dirty", "waits", "suspended")
 
     def __init__(self, worker_id, node_id, seq=0, depth=0):
         self.worker_id = worker_id
@@ -172,6 +176,11 @@ class _Worker:
         # not reported yet (the worker rejects just before it reports blocked).
         # Queue nothing behind it until it unblocks or its task ends.
         self.sent_back = False
+        # Helping (see Scheduler): while blocked, the ids of the tasks its task
+        # waits for; and the tasks suspended under the one it runs now, each
+        # ``(task id, waits, queued)``, innermost last. They hold no resources.
+        self.waits = ()
+        self.suspended = None
 
 
 class _Place:
@@ -346,6 +355,7 @@ class Scheduler:
                 # under it and new consumers wait for the new values.
                 obj.status = PENDING
                 obj.failure = None
+                self._lend_kept_resources()
         failure = None
         for dep in spec.dependencies:
             obj = objects.get(dep)
@@ -386,7 +396,7 @@ class Scheduler:
             return  # a stale report (evicted worker, retried task): first finisher won
         if event.duration is not None:
             self._note_run_time(task.spec.name, event.duration)
-        self._free_worker(event.worker_id)
+        self._free_worker(event.worker_id, event.task_id, finished=True)
         if task.cancel_requested:
             self._fail(task, _cancelled(task))
         else:
@@ -413,7 +423,7 @@ class Scheduler:
         task = self._running_task(event.task_id, event.worker_id)
         if task is None:
             return
-        self._free_worker(event.worker_id)
+        self._free_worker(event.worker_id, event.task_id)
         if task.cancel_requested or event.cancelled:
             self._fail(task, _cancelled(task))
         elif event.retryable and task.retries_left != 0:
@@ -477,6 +487,12 @@ class Scheduler:
         worker = self._workers.get(event.worker_id)
         if worker is None or worker.blocked or worker.task_id is None:
             return
+        if event.task_ids and not self._any_live(event.task_ids):
+            # All it waits for is done, the values are on their way: it runs
+            # again in a moment. Lending its resources out now would only
+            # start a worker process for that moment.
+            worker.waits = None  # its "unblocked" is still to come
+            return
         worker.blocked = True
         node = self._nodes[worker.node_id]
         node.blocked += 1
@@ -486,14 +502,28 @@ class Scheduler:
             self._blocking_names.add(spec.name)  # tasks of this name wait in get: never queue them
         self._node_changed(node)
         self._worker_changed(worker)
+        worker.waits = event.task_ids
+        if event.task_ids:
+            self._help(worker)  # before anything else takes the resources it gave back
         self._schedule()
 
     def _on_worker_unblocked(self, event):
         worker = self._workers.get(event.worker_id)
-        if worker is None or not worker.blocked:
+        if worker is None:
+            return
+        if not worker.blocked:
+            if worker.waits is None:  # it kept its resources through this wait
+                worker.waits = ()
+            elif worker.suspended:
+                # The innermost suspended task's get ended early (interrupted)
+                # while the worker still has tasks it was given for it: that
+                # task runs again once they are done (see _resume).
+                task_id, _, queued = worker.suspended[-1]
+                worker.suspended[-1] = (task_id, None, queued)
             return
         worker.blocked = False
         worker.sent_back = False
+        worker.waits = ()
         node = self._nodes[worker.node_id]
         node.blocked -= 1
         # Take the resources back even past the node's total (a short
@@ -523,13 +553,28 @@ class Scheduler:
     def _on_rejected(self, event):
         task = self._tasks.get(event.task_id)
         worker = self._workers.get(event.worker_id)
-        if task is None or task.state != ASSIGNED or worker is None or event.task_id not in worker.queued:
+        if task is None or task.state != ASSIGNED or worker is None or not self._unassign(worker, event.task_id):
             return
-        worker.queued.remove(event.task_id)
         worker.sent_back = True
         self._worker_changed(worker)
         self._requeue_unstarted(task)
+        if worker.blocked and worker.waits:
+            self._help(worker)  # sent back because its task waits, maybe for this one
         self._schedule()
+
+    @staticmethod
+    def _unassign(worker, task_id):
+        """Take a task off the worker's queue, or off the queue of a level
+        suspended under the task it runs (a task queued behind one that then
+        blocked and was helped); False if it is in none."""
+        if task_id in worker.queued:
+            worker.queued.remove(task_id)
+            return True
+        for _, _, queued in worker.suspended or ():
+            if task_id in queued:
+                queued.remove(task_id)
+                return True
+        return False
 
     def _requeue_unstarted(self, task):
         """A task given back unstarted (queued on a worker that sent it back or
@@ -620,8 +665,7 @@ class Scheduler:
         if task.state == RUNNING and worker.task_id == event.task_id:
             self._free_worker(event.worker_id)
             task.attempt -= 1  # it never ran: retries number the attempts that did
-        elif task.state == ASSIGNED and event.task_id in worker.queued:
-            worker.queued.remove(event.task_id)
+        elif task.state == ASSIGNED and self._unassign(worker, event.task_id):
             self._worker_changed(worker)
         else:
             return
@@ -790,8 +834,9 @@ class Scheduler:
             return  # gone since it was marked (its version is -1)
         self._stamp += 1
         worker.version = self._stamp
-        if worker.task_id is None or worker.blocked or worker.sent_back or len(worker.queued) >= worker.depth:
-            return
+        if worker.task_id is None or worker.blocked or worker.sent_back or worker.suspended \
+                or len(worker.queued) >= worker.depth:
+            return  # (a worker helping a waiting task runs only what that task waits for)
         spec = self._tasks[worker.task_id].spec
         if self.adaptive_pipelining and spec.name in self._blocking_names:
             return  # its task will likely wait in get and send back whatever queued behind it
@@ -1007,8 +1052,13 @@ class Scheduler:
         task.attempt += 1
         self._out.append(cmd.Dispatch(task.spec, worker_id, node.node_id))
 
-    def _free_worker(self, worker_id):
+    def _free_worker(self, worker_id, task_id=None, finished=False):
+        """The worker's task ``task_id`` (default: the one it runs) ended;
+        ``finished``: it returned (it will not run again)."""
         worker = self._workers[worker_id]
+        if task_id is not None and task_id != worker.task_id:
+            self._drop_suspended(worker, task_id)
+            return
         node = self._nodes[worker.node_id]
         task = self._tasks[worker.task_id]
         if worker.blocked:
@@ -1018,6 +1068,7 @@ class Scheduler:
         worker.task_id = None
         worker.blocked = False
         worker.sent_back = False
+        worker.waits = ()
         self._node_changed(node)
         self._worker_changed(worker)
         if worker.queued:
@@ -1029,8 +1080,134 @@ class Scheduler:
             following.attempt += 1
             node.acquire(following.spec.demand)
             return
+        if worker.suspended:
+            self._resume(worker, node, task_id if finished else None)
+            return
         node.running -= 1
         node.idle.append(worker_id)
+
+    # ------------------------------------------------------------ helping
+    # A task that waits in ``get`` for tasks it submitted gives its resources
+    # back; rather than start another worker process for its children (which
+    # costs a process and leaves this one idle), its own worker runs them,
+    # inside that ``get``: like a work-first scheduler's join, or Dask's
+    # secede/rejoin without the thread. Only tasks it waits for (so nothing
+    # unrelated can hold it up), ready now, whose demand fits in what it gave
+    # back (so they run in its place), and no deeper than MAX_NESTING. The
+    # worker keeps a stack: the task it runs now on top of the suspended ones.
+    # Ready children of a tiny run time go together (as pipelining would);
+    # when they are done the waiting task is resumed (still blocked) and the
+    # worker helps again with whatever became ready meanwhile.
+
+    def _help(self, worker):
+        """Run on the blocked ``worker`` the ready tasks its task waits for."""
+        suspended = worker.suspended
+        if suspended is not None and len(suspended) >= MAX_NESTING:
+            return
+        tasks = self._tasks
+        waiting = tasks[worker.task_id]
+        node = self._nodes[worker.node_id]
+        chosen, shape, limit = [], None, 1
+        for task_id in worker.waits:
+            task = tasks.get(task_id)
+            if task is None or task.state != READY:
+                continue
+            demand = task.spec.demand
+            if shape is None:
+                if not (fits(waiting.spec.demand, demand) and fits(node.available, demand)):
+                    continue
+                shape = self._shape(demand)
+                limit = self._pipeline_limit(task.spec.name) or 1
+            elif self._shape(demand) != shape:
+                continue  # queued ones take over the first one's resources: same shape only
+            chosen.append(task)
+            if len(chosen) >= limit:
+                break
+        if not chosen:
+            return
+        queue = self._ready[shape]
+        for task in chosen:
+            queue.remove(task.spec.task_id)
+        if not queue:
+            del self._ready[shape]
+        if suspended is None:
+            suspended = worker.suspended = []
+        suspended.append((worker.task_id, worker.waits, worker.queued))
+        first = chosen[0]
+        worker.task_id = first.spec.task_id
+        worker.waits = ()
+        worker.queued = [task.spec.task_id for task in chosen[1:]]
+        worker.blocked = False
+        node.blocked -= 1
+        node.acquire(first.spec.demand)
+        self._node_changed(node)
+        self._worker_changed(worker)
+        first.state = RUNNING
+        first.attempt += 1
+        for task in chosen[1:]:
+            task.state = ASSIGNED
+        for task in chosen:
+            task.worker_id = worker.worker_id
+            self._out.append(cmd.Dispatch(task.spec, worker.worker_id, node.node_id, True))
+
+    def _resume(self, worker, node, finished_id=None):
+        """The tasks the worker ran for its suspended task are done (the last
+        one, ``finished_id``, returned just now): that one is on top again,
+        still waiting in get (resources free); help again."""
+        worker.task_id, worker.waits, worker.queued = worker.suspended.pop()
+        if not worker.suspended:
+            worker.suspended = None
+        if worker.waits is None:  # it stopped waiting meanwhile: it runs again
+            worker.waits = ()
+            node.acquire(self._tasks[worker.task_id].spec.demand)
+            return
+        if worker.waits and not self._any_live(worker.waits, finished_id):
+            # All it waits for is done: it runs again in a moment; it keeps the
+            # resources (as in _on_worker_blocked), its "unblocked" is to come.
+            worker.waits = None
+            node.acquire(self._tasks[worker.task_id].spec.demand)
+            return
+        worker.blocked = True
+        node.blocked += 1
+        if worker.waits:
+            self._help(worker)
+
+    def _lend_kept_resources(self):
+        """A finished task runs again (its result was lost): a worker that kept
+        its resources through a get because everything it waited for was done
+        may wait for this one now, so it gives them back as any blocked worker
+        does (else the rebuild might find none free). Rare: a scan is fine."""
+        for worker in self._workers.values():
+            if worker.waits is None and not worker.blocked and worker.task_id is not None:
+                node = self._nodes[worker.node_id]
+                worker.waits = ()
+                worker.blocked = True
+                node.blocked += 1
+                node.release(self._tasks[worker.task_id].spec.demand)
+                self._node_changed(node)
+                self._worker_changed(worker)
+
+    def _any_live(self, task_ids, finished_id=None):
+        tasks = self._tasks
+        return any(task_id in tasks and task_id != finished_id for task_id in task_ids)
+
+    def _drop_suspended(self, worker, task_id):
+        """A suspended task ended before those above it (its get was
+        interrupted): take it off the stack. It holds no resources; the tasks
+        queued behind it now follow those of the level above it (the worker
+        runs what its get left over first)."""
+        suspended = worker.suspended or []
+        for index, (suspended_id, _, queued) in enumerate(suspended):
+            if suspended_id == task_id:
+                del suspended[index]
+                if index < len(suspended):
+                    above = suspended[index]
+                    suspended[index] = (above[0], above[1], above[2] + queued)
+                else:
+                    worker.queued = worker.queued + queued
+                if not suspended:
+                    worker.suspended = None
+                return
 
     def _node_of(self, worker_id):
         worker = self._workers.get(worker_id)
@@ -1056,9 +1233,14 @@ class Scheduler:
         if worker.worker_id in node.idle:
             node.idle.remove(worker.worker_id)
         self._node_changed(node)
+        suspended = worker.suspended or ()
         for task_id in reversed(worker.queued):  # back to the front of the queue, in order
             self._requeue_unstarted(self._tasks[task_id])
+        for _, _, queued in reversed(suspended):
+            for task_id in reversed(queued):
+                self._requeue_unstarted(self._tasks[task_id])
         worker.queued = []
+        worker.suspended = None
         if worker.task_id is None:
             return
         task = self._tasks[worker.task_id]
@@ -1067,14 +1249,18 @@ class Scheduler:
         else:
             node.release(task.spec.demand)
         node.running -= 1
-        if task.cancel_requested:
-            self._fail(task, _cancelled(task))
-        elif task.retries_left != 0:
-            self._retry(task, reason)
-        else:
-            name = task.spec.name or task.spec.task_id
-            self._fail(task, Failure("worker_crashed", f"task {name} failed after "
-                                                       f"{task.attempt} attempt(s): {reason}"))
+        # The task it ran, then those suspended under it (they hold nothing).
+        for task in [task] + [self._tasks[task_id] for task_id, _, _ in reversed(suspended)]:
+            if task.state != RUNNING:
+                continue  # failed meanwhile with an earlier one's dependents
+            if task.cancel_requested:
+                self._fail(task, _cancelled(task))
+            elif task.retries_left != 0:
+                self._retry(task, reason)
+            else:
+                name = task.spec.name or task.spec.task_id
+                self._fail(task, Failure("worker_crashed", f"task {name} failed after "
+                                                           f"{task.attempt} attempt(s): {reason}"))
 
     def _lose_node(self, node, reason):
         node.alive = False

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 
 class HeadTransport:
-    def dispatch(self, worker_id, spec, inputs, function):
+    def dispatch(self, worker_id, spec, inputs, function, nested=False):
         """Run task ``spec`` on ``worker_id``; ``inputs`` maps each dependency
-        id to its stored value; ``function`` is what the client registered."""
+        id to its stored value; ``function`` is what the client registered.
+        ``nested``: run it inside the worker's waiting ``get`` (scheduler's
+        "Helping"; only for workers that said what they wait for)."""
         raise NotImplementedError
 
     def interrupt(self, worker_id, task_id, force):

@@ -175,7 +175,8 @@ class InprocTransport(HeadTransport):
         self.workers[worker.worker_id] = worker
         worker.start()  # it announces itself with worker_joined under the head lock
 
-    def dispatch(self, worker_id, spec, inputs, function):
+    def dispatch(self, worker_id, spec, inputs, function, nested=False):
+        # (nested never comes: these workers do not say what they wait for)
         worker = self.workers.get(worker_id)
         if worker is not None:  # None: the runtime was shut down
             worker.inbox.put((spec, inputs, function))
@@ -264,7 +265,8 @@ class InprocClient(Client):
                 if not head.knows(object_id):
                     self.store.put(object_id, _lost(object_id))
 
-    def _blocked(self, worker_id, blocked):
+    def _blocked(self, worker_id, blocked, waits=()):
+        # (waits go unsaid: a worker thread cannot run tasks inside its get)
         with self.runtime.lock:
             if blocked:
                 self.runtime.head.worker_blocked(worker_id)

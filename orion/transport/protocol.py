@@ -44,7 +44,8 @@ SCHEMAS = {
     "status": ((_I,),),  # request id (orion status: nodes, task counts, object store)
     "timeline": ((_I,),),  # request id (orion.timeline: the head's task records)
     # worker -> head
-    "blocked": (),
+    # object ids its get waits for, all needed ([] when the wait may end early)
+    "blocked": ((_L,),),
     "rejected": ((_S,),),  # task id: a queued task sent back unstarted
     "unblocked": (),
     # times: [started, finished], wall-clock seconds (time.time()) of the run
@@ -66,6 +67,8 @@ SCHEMAS = {
     "registered": ((_NUM), (_I,)),  # heartbeat interval, liveness
     "reregister": (),
     "dispatch": ((_L,),),  # [task record for a worker]
+    # [task record]: tasks the worker's waiting task waits for: run them inside its get
+    "help": ((_L,),),
     # [[object id, true, header, nbuf] | [id, false, failure, 0] | [id, "remote", [size, holders], 0]]
     "objects": ((_L,),),
     "free": ((_L,),),  # head -> node: object ids to delete from its store

@@ -43,6 +43,7 @@ _DRAIN_LIMIT = 2000  # messages handled before the loop sends what they produced
 # tasks/s, 2 cores: depth 1 ~12k, 2 ~15k, 8 ~24k, 16 ~27k with batched done).
 PIPELINE_DEPTH = 16
 BATCH_ITEMS = 5_000  # dispatches or values per message, at most
+MAX_WAITS = 100_000  # object ids a worker may say its get waits for (more: it says none)
 RECEIVE_QUEUE_MESSAGES = 10_000  # per peer, queued by ZeroMQ before the head reads them
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30  # per frame; ORION_MAX_MESSAGE_BYTES overrides
 
@@ -108,14 +109,15 @@ class ZmqHeadTransport(HeadTransport):
             batch = peer[kind] = ([], [])
         return batch
 
-    def dispatch(self, worker_id, spec, inputs, function):
+    def dispatch(self, worker_id, spec, inputs, function, nested=False):
         known = self.server.worker_functions.setdefault(worker_id, set())
         function_id = spec.payload.function_id
         blob = None
         if function_id not in known:
             known.add(function_id)
             blob = function
-        records, frames = self._batch(worker_identity(worker_id), "dispatch")
+        # "help": run it inside the get the worker's task waits in (same records).
+        records, frames = self._batch(worker_identity(worker_id), "help" if nested else "dispatch")
         records.append(wire.encode_dispatch(spec, inputs, blob, frames))
 
     def deliver(self, peer_id, object_id, entry):
@@ -618,7 +620,11 @@ class HeadServer:
         self._send(identity, protocol.encode("timeline_reply", [body[0], self.head.tasklog.records()]))
 
     def _on_blocked(self, identity, body, buffers):
-        self.head.worker_blocked(self._peer_worker(identity))
+        # Optional: the ids its get waits for, all of them (see Head.worker_blocked).
+        waits = body[0]
+        if not (len(waits) <= MAX_WAITS and all(isinstance(i, str) for i in waits)):
+            raise ProtocolError("blocked: expected [list of at most %d object ids]" % MAX_WAITS)
+        self.head.worker_blocked(self._peer_worker(identity), waits)
 
     def _on_rejected(self, identity, body, buffers):
         self.head.task_rejected(self._peer_worker(identity), body[0])

@@ -5,7 +5,10 @@ NODE_ID``). One thread owns one DEALER socket to the head (identity
 ``w:<worker id>``): it receives a dispatch, runs the task, sends the result.
 Functions arrive pickled once and are cached by id. Inside a task the same
 socket serves ``orion.get``/``.remote`` (the worker is also a client), so a
-nested ``get`` tells the head the worker is blocked and waits on the socket.
+nested ``get`` tells the head the worker is blocked (and what it waits for)
+and waits on the socket. Meanwhile the head may send it the very tasks it
+waits for (``help``): the worker runs them right there, inside the ``get``,
+one level of a stack per waiting task (see "Helping" in the scheduler).
 
 Cancellation arrives as SIGINT from the node: it raises KeyboardInterrupt in
 the task, unless the worker is inside Orion's own code, where it is noted and
@@ -39,6 +42,7 @@ from .wire_client import SerializingClient
 log = logging.getLogger("orion.worker")
 
 _DONE_BATCH = 64  # finished tasks per ``done`` message, at most
+_MAX_WAITS = 100_000  # ids a ``blocked`` message may name (the head's limit)
 
 
 class WorkerClient(SerializingClient):
@@ -79,8 +83,8 @@ class WorkerClient(SerializingClient):
     def _request(self, object_ids):
         self.worker.send("subscribe", [list(object_ids)])
 
-    def _blocked(self, worker_id, blocked):
-        self.worker.set_blocked(blocked)
+    def _blocked(self, worker_id, blocked, waits=()):
+        self.worker.set_blocked(blocked, waits)
 
     def _send_cancel(self, task_id, force):
         self.worker.send("cancel", [task_id, force])
@@ -126,6 +130,13 @@ class Worker:
         self._interrupt_raised = False
         self._replies = {}
         self._queue = collections.deque()  # dispatched tasks not started yet (pipelining)
+        # Helping: one deque per get in progress, innermost last, of the tasks
+        # the head sent to run inside it; and the ids of the tasks suspended
+        # under the one running (their gets are in progress), with the cancels
+        # that came for them meanwhile.
+        self._levels = []
+        self._suspended = []
+        self._suspended_cancels = set()
         self._in_get = False
         self._cancel_lock = threading.Lock()  # orders task start/end against interrupts
         self._early_cancels = set()  # tasks cancelled before this worker started them
@@ -147,7 +158,16 @@ class Worker:
         frames = protocol.frames_of(self.socket.recv_multipart(copy=False))  # buffers: no copy
         try:
             msg_type, body, buffers = protocol.decode(frames)
-            if msg_type == "dispatch":
+            if msg_type == "help":
+                # Tasks our waiting task waits for: run them inside its get (after
+                # the get they run as any other task; see wait_interruptibly).
+                target = self._levels[-1] if self._levels else self._queue
+                for record in body[0]:
+                    dispatch = wire.decode_dispatch(record, buffers)
+                    if dispatch[3] is not None:
+                        self._function_blobs.setdefault(dispatch[2], dispatch[3])
+                    target.append(dispatch)
+            elif msg_type == "dispatch":
                 for record in body[0]:
                     dispatch = wire.decode_dispatch(record, buffers)
                     if dispatch[3] is not None:
@@ -215,10 +235,22 @@ class Worker:
         ids = list(dict.fromkeys(object_ids))
         needed = len(ids) if num_ready is None else num_ready
         self._in_runtime += 1
+        level = collections.deque()  # tasks the head sends us to run inside this get
+        self._levels.append(level)
         try:
             if self._seals:
                 self._flush_seals()
             while sum(1 for i in ids if i in store) < needed:
+                if level:
+                    while level:
+                        self._run_nested(level.popleft())
+                    if self._dones:
+                        self._send_dones()
+                    if self._seals:
+                        self._flush_seals()
+                    if self._interrupted:
+                        break
+                    continue
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if remaining == 0.0:
                     return False
@@ -234,8 +266,43 @@ class Worker:
             self._interrupt_raised = False
             return False
         finally:
+            self._levels.pop()
+            if level:
+                # The head gave us these for this get, which ended early: they run
+                # next, ahead of what the enclosing level has (the head expects so).
+                target = self._levels[-1] if self._levels else self._queue
+                target.extendleft(reversed(level))
             self._in_runtime -= 1
             self._raise_pending_interrupt()
+
+    def _run_nested(self, dispatch):
+        """Run a task inside the get of the task that waits for it: that task's
+        per-task state is put aside and restored afterwards."""
+        output = self.output
+        waiting = (output.task_id, output.task_name) if output.active else None
+        if waiting is not None:
+            output.stop()
+            if output.records:
+                self._send_logs()
+        saved = (self._task_id, self._interrupted, self._interrupt_raised, self._in_get, self._in_runtime,
+                 self._polling, self.client.store, self.children, self._copying)
+        self._suspended.append(self._task_id)
+        self._in_get = self._polling = False
+        self._in_runtime = 0
+        self.children = set()
+        self._copying = None
+        try:
+            self._run(dispatch)
+        finally:
+            self._suspended.pop()
+            with self._cancel_lock:
+                (self._task_id, self._interrupted, self._interrupt_raised, self._in_get, self._in_runtime,
+                 self._polling, self.client.store, self.children, self._copying) = saved
+                if self._task_id in self._suspended_cancels:
+                    self._suspended_cancels.discard(self._task_id)
+                    self._interrupted = True  # cancelled while suspended: its get ends now
+            if waiting is not None:
+                output.start(*waiting)
 
     def watch_node(self):
         """Read the node's requests on stdin (``interrupt <task id>``); exit
@@ -254,6 +321,8 @@ class Worker:
         with self._cancel_lock:
             if self._task_id == task_id:
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            elif task_id in self._suspended:
+                self._suspended_cancels.add(task_id)  # it waits under a task we run for it
             else:
                 if len(self._early_cancels) > 10_000:
                     self._early_cancels.clear()  # stale ids of long-finished tasks
@@ -342,7 +411,8 @@ class Worker:
             else:
                 self._dones.append([task_id, results, [started, max(started, time.time())]])
                 self._done_frames.extend(frames)
-                if not self._queue or len(self._dones) >= _DONE_BATCH:
+                more = self._queue or (self._levels and self._levels[-1])
+                if not more or len(self._dones) >= _DONE_BATCH:
                     self._send_dones()
                 return
         failure = outcome.failure
@@ -413,8 +483,9 @@ class Worker:
         return execution.run(function, call_args, call_kwargs, num_returns, retry_exc, name)
 
     # ---------------------------------------------------------- main
-    def set_blocked(self, blocked):
-        """Our task starts (True) or stops (False) waiting in get."""
+    def set_blocked(self, blocked, waits=()):
+        """Our task starts (True) or stops (False) waiting in get; ``waits``:
+        the ids it needs, all of them (the head may have us run their tasks)."""
         if blocked:
             if self.output.records:
                 self._send_logs()  # what it printed so far comes before what it waits for
@@ -423,7 +494,7 @@ class Worker:
             self._in_get = True
             while self._queue:
                 self.send("rejected", [self._queue.popleft()[0]])
-            self.send("blocked")
+            self.send("blocked", [list(waits) if len(waits) <= _MAX_WAITS else []])
         else:
             self._in_get = False
             self.send("unblocked")
