@@ -59,7 +59,7 @@ def test_a_function_sent_with_a_rejected_task_is_kept_for_the_next(head_and_work
     # The head sent the function once already: the next dispatch comes without it.
     router.send_multipart([identity, *dispatch_frames("t2", None, 21)])
     assert worker._receive(5000)
-    worker._run(worker._queue.popleft())
+    worker._run_queued()
     msg_type, body, buffers = next_message(router)
     assert msg_type == "done", body
     ((task_id, results, _times),) = body[0]  # one record: the worker's queue ran dry

@@ -144,4 +144,6 @@ def start_embedded(num_workers, resources=None, *, policy="least_loaded", heartb
         node.stop()
         server.stop()
         raise OrionError("the embedded node did not register with its head within 10 s")
+    with server.lock:
+        server.transport.local_stores[node.node_id] = node.store
     return EmbeddedClient(server, node, log_to_driver=log_to_driver)

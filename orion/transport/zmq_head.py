@@ -95,6 +95,9 @@ class ZmqHeadTransport(HeadTransport):
         self.batches = {}  # identity -> {"dispatch": [records], "objects": [items], "frames": {...}}
         self.singles = []  # (identity, frames) sent as they are
         self.local_clients = {}  # peer id -> an in-process driver (EmbeddedClient.put_entry)
+        # node id -> the NodeStore of a node in this process (the embedded one): freed
+        # at once, so that a large put that follows a release can recycle the file.
+        self.local_stores = {}
 
     def _batch(self, identity, kind):
         peer = self.batches.get(identity)
@@ -130,6 +133,13 @@ class ZmqHeadTransport(HeadTransport):
 
     def free(self, holder_id, object_ids):
         node = self.server.nodes.get(holder_id)
+        store = self.local_stores.get(holder_id)
+        if store is not None and node is not None and node.alive:
+            try:
+                store.free(object_ids)
+            except ValueError as exc:  # an id that cannot be a file name
+                log.warning("could not free objects of node %s: %s", holder_id, exc)
+            return
         if node is not None and node.alive and object_ids:
             items, _ = self._batch(node.identity, "free")
             items.extend(object_ids)

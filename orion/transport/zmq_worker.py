@@ -411,8 +411,10 @@ class Worker:
             else:
                 self._dones.append([task_id, results, [started, max(started, time.time())]])
                 self._done_frames.extend(frames)
-                more = self._queue or (self._levels and self._levels[-1])
-                if not more or len(self._dones) >= _DONE_BATCH:
+                # Sent by whoever ran us (serve, or a get's loop) once the tasks run
+                # back to back are done, after this task's inputs are let go: a
+                # mapped input stays pinned (see shm_format) until then.
+                if len(self._dones) >= _DONE_BATCH:
                     self._send_dones()
                 return
         failure = outcome.failure
@@ -499,18 +501,22 @@ class Worker:
             self._in_get = False
             self.send("unblocked")
 
+    def _run_queued(self):
+        """Run the tasks queued here back to back, then report them together."""
+        while self._queue:
+            self._run(self._queue.popleft())
+        if self._dones:
+            self._send_dones()
+        if self._seals:
+            self._flush_seals()
+
     def serve(self):
         context.current.worker = self
         api._install_client(self.client)
         self.send("hello", ["worker", self.worker_id, self.node_id, os.getpid()])
         while True:
             try:
-                while self._queue:
-                    self._run(self._queue.popleft())
-                if self._dones:
-                    self._send_dones()
-                if self._seals:
-                    self._flush_seals()
+                self._run_queued()
                 self._receive()
             except KeyboardInterrupt:
                 continue  # a cancel that arrived after its task ended
