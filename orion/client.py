@@ -20,6 +20,7 @@ from .head import TaskRecord
 from .object_ref import LIFETIMES, ObjectRef
 from .object_store import Failed, Remote
 from .scheduler.events import TaskSpec
+from .store import mappings
 
 
 # Argument types that cannot hold an ObjectRef inside them.
@@ -297,6 +298,7 @@ class Client:
         # Not arrived yet: drop them when they do.
         self._dropped.update(object_id for object_id in object_ids if object_id not in store)
         store.delete_many(object_ids)
+        mappings.release_idle()  # files of large values nothing here uses may be recycled now
 
     def _send_release(self, object_ids):
         """Tell the head these objects may be freed (once no task needs them)."""

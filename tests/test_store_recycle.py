@@ -416,3 +416,82 @@ def test_object_size_matches_the_recycled_write(store):
     store.free(["a"])
     store.write("b", header, buffers)
     assert os.path.getsize(os.path.join(store.shm_dir, "b")) == object_size(header, buffers)
+
+
+# ------------------------------------------------------------ the mapping cache
+from orion.store import mappings  # noqa: E402
+
+
+def cached_mapping(store, object_id):
+    """The mapping the cache keeps for the object's file (None if none)."""
+    st = os.stat(os.path.join(store.shm_dir, object_id))
+    entry = mappings.CACHE._entries.get((st.st_dev, st.st_ino))
+    return None if entry is None else entry.mm
+
+
+def test_a_recycled_file_is_read_through_the_mapping_this_process_kept(store):
+    put(store, "a", filled(1))
+    assert get(store, "a")[0] == 1  # read, then dropped: its mapping is leased, then idle
+    mapped = id(cached_mapping(store, "a"))  # (an id: a reference would keep it leased)
+    assert cached_mapping(store, "a") is not None
+    store.free(["a"])
+    put(store, "b", filled(2))  # into the same file (the writer ended the idle lease first)
+    assert id(cached_mapping(store, "b")) == mapped
+    value = get(store, "b")
+    assert np.array_equal(value, filled(2))  # the new contents, through the old mapping
+    assert mappings.CACHE.stats()["leased"] >= 1
+    del value
+    gc.collect()
+    mappings.release_idle()
+    assert mappings.CACHE._entries[(os.stat(os.path.join(store.shm_dir, "b")).st_dev,
+                                    inode(store, "b"))].lock_fd is None  # idle: unpinned
+
+
+def test_a_leased_mapping_pins_its_file_and_an_idle_one_does_not(store):
+    put(store, "a", filled(1))
+    held = get(store, "a")
+    path = os.path.join(store.shm_dir, "a")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a writer does before recycling
+        del held
+        gc.collect()
+        mappings.release_idle()
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no reader pins it any more
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def test_a_file_recycled_for_another_size_is_mapped_afresh(store):
+    put(store, "a", filled(1, 3 * MB))
+    get(store, "a")
+    gc.collect()
+    store.free(["a"])
+    put(store, "b", filled(2, 2 * MB))  # a 3 MB file fits a 2 MB object: it shrinks
+    assert np.array_equal(get(store, "b"), filled(2, 2 * MB))
+
+
+def test_idle_mappings_of_unlinked_files_are_dropped(store):
+    put(store, "a", filled(1))
+    get(store, "a")
+    gc.collect()
+    mappings.release_idle()
+    key = (os.stat(os.path.join(store.shm_dir, "a")).st_dev, inode(store, "a"))
+    assert key in mappings.CACHE._entries
+    os.unlink(os.path.join(store.shm_dir, "a"))  # spilled or given back: its memory must go
+    mappings.release_idle()
+    assert key not in mappings.CACHE._entries
+
+
+def test_idle_mappings_are_bounded(store, monkeypatch):
+    monkeypatch.setattr(mappings, "MAX_IDLE", 2)
+    for i in range(5):
+        put(store, f"o{i}", filled(i))
+        get(store, f"o{i}")
+    gc.collect()
+    mappings.release_idle()
+    assert mappings.CACHE.stats()["idle"] <= 2
+    for i in range(5):  # dropped ones are mapped again on demand
+        assert get(store, f"o{i}")[0] == i

@@ -145,7 +145,7 @@ def open_object(shm_dir, spill_dir, object_id):
     validate_object_id(object_id)
     for directory in (shm_dir, spill_dir):
         try:
-            return read_object(os.path.join(directory, object_id))
+            return read_object(os.path.join(directory, object_id), reuse_mappings=directory == shm_dir)
         except FileNotFoundError:
             continue  # not there, or spilled since: spilling creates the disk copy first
     raise KeyError(object_id)

@@ -52,6 +52,8 @@ import pickle
 import re
 import struct
 
+from . import mappings
+
 MAGIC = b"ORO1"
 ALIGNMENT = 64
 
@@ -153,6 +155,7 @@ def write_object(path, header, buffers, recycle_dir=None):
     try:
         fd = None
         if recycle_dir is not None and size >= RECYCLE_MIN:
+            mappings.release_idle()  # this process's own pins on files nothing uses any more go first
             fd = _claim_pool_file(recycle_dir, size, tmp)
         if fd is None:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -234,17 +237,29 @@ _CHUNK = 1 << 30  # pwrite moves at most ~2 GiB per call on Linux
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
-def read_object(path):
+def read_object(path, reuse_mappings=False):
     """``(header, buffers)``: read-only memoryviews of the object at ``path``.
 
     The buffers are read-only views of a shared mapping of the file (no copy).
     Raises FileNotFoundError if there is no file (or it was freed meanwhile),
-    ValueError if it is corrupt.
+    ValueError if it is corrupt. ``reuse_mappings``: the file is in shared
+    memory, where large files are recycled: map it through ``mappings.CACHE``.
     """
     fd = os.open(path, os.O_RDONLY)
+    if reuse_mappings:
+        try:
+            stat = _pin(path, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if stat.st_size >= RECYCLE_MIN:
+            mm = mappings.CACHE.lease(fd, stat)  # takes fd over; holds the pin while leased
+            return _views(path, mm, stat.st_size)
+        fd_pinned = True
+    else:
+        fd_pinned = False
     try:
-        stat = _pin(path, fd)
-        size = stat.st_size
+        size = (os.fstat(fd) if fd_pinned else _pin(path, fd)).st_size
         if size < _FIXED.size:  # also keeps mmap away from an empty file
             raise ValueError(f"corrupt object file {path}: {size} bytes, shorter than its header")
         # MAP_POPULATE maps every page now, in one go, instead of one fault per page later.
@@ -257,12 +272,17 @@ def read_object(path):
         # exactly as long as the mapping: until the last memoryview slice (and
         # every numpy array made from one) is gone.
         os.close(fd)
+    return _views(path, mm, size, close_on_error=True)
+
+
+def _views(path, mm, size, close_on_error=False):
     view = memoryview(mm)
     try:
         header, spans = _parse(path, view, size)
     except BaseException:
         view.release()
-        mm.close()
+        if close_on_error:
+            mm.close()  # (a cached mapping stays; its lease ends with this view)
         raise
     # Each slice holds the mapping (and so the pin) alive; nothing else needs to.
     return header, [view[offset:offset + length] for offset, length in spans]

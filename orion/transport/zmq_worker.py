@@ -31,6 +31,7 @@ import zmq
 
 from .. import api, context, execution, gc_tuning, ids, security, serialization
 from ..object_store import Holder, ObjectStore, Remote
+from ..store import mappings
 from ..store.access import INLINE_MAX, LocalNode, ObjectAccess, ObjectUnavailable, serialized_size
 from ..scheduler.events import Failure
 from . import protocol, wire
@@ -343,6 +344,10 @@ class Worker:
             self._run_task(dispatch)
         finally:
             if self._copying is not None:
+                if self._dones:
+                    # The task is done; keeping a copy of what it fetched is this
+                    # node's business: the result need not wait for it.
+                    self._send_dones()
                 self._finish_copies()
 
     def _finish_copies(self):
@@ -425,7 +430,10 @@ class Worker:
                              outcome.retryable, outcome.cancelled, [started, max(started, time.time())]])
 
     def _send_dones(self):
-        """Report the tasks that finished since the last report, in one message."""
+        """Report the tasks that finished since the last report, in one message.
+        Their inputs are let go by now: unpin the files of large ones first, so
+        that their next writer can recycle them as soon as the head frees them."""
+        mappings.release_idle()
         self.send("done", [self._dones], self._done_frames)
         self._dones, self._done_frames = [], []
 
