@@ -395,6 +395,7 @@ def test_failed_write_into_a_claimed_file_leaves_nothing(store, monkeypatch):
     def fail(*args):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(shm_format, "_write_contents", fail)
+    monkeypatch.setattr(shm_format, "_copy_contents", fail)  # (a claimed file is written through a mapping)
     with pytest.raises(OSError, match="No space"):
         store.write("b", *serialization.dumps(filled(2)))
     assert os.listdir(store.shm_dir) == [RECYCLE_DIR] and os.listdir(store.pool_dir) == []
@@ -495,3 +496,25 @@ def test_idle_mappings_are_bounded(store, monkeypatch):
     assert mappings.CACHE.stats()["idle"] <= 2
     for i in range(5):  # dropped ones are mapped again on demand
         assert get(store, f"o{i}")[0] == i
+
+
+def test_the_writer_reuses_its_mapping_of_a_file_it_recycles_again(store):
+    """The second write into one recycled file goes through the writable mapping
+    the first one left, and each reader sees exactly what was last written."""
+    first = put(store, "a", filled(1))
+    store.free(["a"])
+    assert put(store, "b", filled(2)) == first  # mapped for writing here
+    key = (os.stat(os.path.join(store.shm_dir, "b")).st_dev, first)
+    mapped = id(mappings.WRITERS._entries[key][0])
+    assert np.array_equal(get(store, "b"), filled(2))
+    gc.collect()
+    store.free(["b"])
+    assert put(store, "c", filled(3)) == first
+    assert id(mappings.WRITERS._entries[key][0]) == mapped  # the same mapping, written again
+    assert np.array_equal(get(store, "c"), filled(3))
+    # Readers can pin it: the writer let go of its exclusive lock.
+    fd = os.open(os.path.join(store.shm_dir, "c"), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)

@@ -143,5 +143,54 @@ class MappingCache:
             return {"leased": leased, "idle": len(self._idle)}
 
 
+class WriterMappings:
+    """Writable mappings of recycled files this process wrote, for its next
+    write into the same file (see ``shm_format.write_object``). A writer uses
+    one only while it holds the file's exclusive lock, so they carry no pins;
+    bounded like idle reader mappings, and dropped once their file is gone."""
+
+    MAX = 4
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries = collections.OrderedDict()  # (st_dev, st_ino) -> (mm, size, stat_fd)
+
+    def mapping(self, fd, size):
+        """A writable mapping of ``size`` bytes of the file open (and locked) as ``fd``."""
+        stat = os.fstat(fd)
+        key = (stat.st_dev, stat.st_ino)
+        with self._lock:
+            self._sweep()
+            entry = self._entries.get(key)
+            if entry is not None:
+                if entry[1] == size:
+                    self._entries.move_to_end(key)
+                    return entry[0]
+                self._drop(key)  # resized since: map it afresh
+            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            self._entries[key] = (mm, size, os.dup(fd))
+            while len(self._entries) > self.MAX:
+                self._drop(next(iter(self._entries)))
+            return mm
+
+    def _sweep(self):
+        for key, (_, _, stat_fd) in list(self._entries.items()):
+            try:
+                gone = os.fstat(stat_fd).st_nlink == 0
+            except OSError:
+                gone = True
+            if gone:
+                self._drop(key)
+
+    def _drop(self, key):
+        mm, _, stat_fd = self._entries.pop(key)
+        try:
+            mm.close()
+        except BufferError:  # (nothing exports it; be safe)
+            pass
+        os.close(stat_fd)
+
+
 CACHE = MappingCache()
 release_idle = CACHE.release_idle
+WRITERS = WriterMappings()

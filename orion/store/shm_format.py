@@ -157,14 +157,27 @@ def write_object(path, header, buffers, recycle_dir=None):
         if recycle_dir is not None and size >= RECYCLE_MIN:
             mappings.release_idle()  # this process's own pins on files nothing uses any more go first
             fd = _claim_pool_file(recycle_dir, size, tmp)
+        recycled = fd is not None
         if fd is None:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             # A recycled file is at most twice the size: shrinking frees its tail.
             os.ftruncate(fd, size)
-            _write_contents(fd, size, header, views, offsets)
+            # Into a recycled file's pages (already there: nothing to zero) a copy
+            # through a writable mapping beats pwrite (~5 ms for 100 MiB with the
+            # mapping this process kept from an earlier write, ~12 ms with a new
+            # one, against ~15 ms); a fresh file is written with pwrite.
+            target = mappings.WRITERS.mapping(fd, size) if recycled else None
+            if target is not None:
+                _copy_contents(target, size, header, views, offsets)
+            else:
+                _write_contents(fd, size, header, views, offsets)
         finally:
-            os.close(fd)  # also drops a recycled file's exclusive lock
+            if recycled:
+                # Unlock explicitly: a writable mapping's duplicate of the descriptor
+                # shares the locked open file description and outlives ``fd``.
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
         os.rename(tmp, path)
     except BaseException:
         # The name is ours alone: whatever is there (fresh or claimed) is garbage now.
@@ -221,6 +234,21 @@ def _write_contents(fd, size, header, views, offsets):
         if offset > position:
             _write_all(fd, bytes(offset - position), position)
         _write_all(fd, view, offset)
+        position = offset + view.nbytes
+
+
+def _copy_contents(target, size, header, views, offsets):
+    """As ``_write_contents``, into a writable mapping of the file."""
+    start = _FIXED.size + _ENTRY.size * len(views)
+    _FIXED.pack_into(target, 0, MAGIC, len(views), len(header), size)
+    for i, (offset, view) in enumerate(zip(offsets, views)):
+        _ENTRY.pack_into(target, _FIXED.size + i * _ENTRY.size, offset, view.nbytes)
+    position = start + len(header)
+    target[start:position] = header
+    for offset, view in zip(offsets, views):
+        if offset > position:
+            target[position:offset] = bytes(offset - position)
+        target[offset:offset + view.nbytes] = view
         position = offset + view.nbytes
 
 
