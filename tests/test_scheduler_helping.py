@@ -196,3 +196,24 @@ def test_a_resubmitted_task_makes_workers_that_kept_their_resources_lend_them():
     assert kinds(out) == ["StartWorker"]
     s.handle(WorkerUnblocked("w1"))
     assert node_info(s, "n1")["available"] == {"CPU": 0.0}
+
+
+@pytest.mark.timeout(20)
+def test_a_get_on_many_tasks_costs_no_quadratic_scan():
+    """A task waiting for 50,000 children is helped through all of them; each
+    help looks at a window of what it waits for, and finished ones are
+    dropped from the front (a scan of the whole list each time would take
+    minutes here)."""
+    s = one_node()
+    submit(s, spec("p"))
+    children = [f"c{i}" for i in range(50_000)]
+    for c in children:
+        s.handle(TaskSubmitted(nested(c)))
+    out = s.handle(WorkerBlocked("w1", tuple(children)))
+    ran = 0
+    while out:
+        (d,) = [c for c in out if type(c) is Dispatch]
+        ran += 1
+        out = [c for c in s.handle(TaskFinished(d.spec.task_id, "w1")) if type(c) is Dispatch]
+    assert ran == len(children)
+    assert s.worker_task("w1") == "p"

@@ -32,6 +32,7 @@ from __future__ import annotations
 from bisect import insort
 from collections import deque
 from heapq import heapify, heappop, heappush
+from itertools import islice
 
 from . import commands as cmd
 from . import events as ev
@@ -57,6 +58,7 @@ _MAX_TRACKED_NAMES = 10_000  # task names with statistics (a bound for generated
 # Helping: how many tasks deep one worker may nest tasks run inside a waiting
 # task's get (each level is a Python frame stack in the worker process).
 MAX_NESTING = 32
+HELP_WINDOW = 256  # of the tasks a waiting task waits for, how many are looked at to help
 # Demand shapes whose placement index is kept up to date. Each one costs a
 # little on every change of a node; programs use a handful of shapes, and the
 # least recently used index beyond this many is dropped (and rebuilt by one
@@ -502,7 +504,7 @@ class Scheduler:
             self._blocking_names.add(spec.name)  # tasks of this name wait in get: never queue them
         self._node_changed(node)
         self._worker_changed(worker)
-        worker.waits = event.task_ids
+        worker.waits = deque(event.task_ids)
         if event.task_ids:
             self._help(worker)  # before anything else takes the resources it gave back
         self._schedule()
@@ -1108,7 +1110,10 @@ class Scheduler:
         waiting = tasks[worker.task_id]
         node = self._nodes[worker.node_id]
         chosen, shape, limit = [], None, 1
-        for task_id in worker.waits:
+        self._still_waiting(worker.waits)
+        # Only a window at the front: a get on a hundred thousand tasks must not
+        # cost a hundred thousand look-ups each time the worker is helped.
+        for task_id in islice(worker.waits, HELP_WINDOW):
             task = tasks.get(task_id)
             if task is None or task.state != READY:
                 continue
@@ -1125,11 +1130,9 @@ class Scheduler:
                 break
         if not chosen:
             return
-        queue = self._ready[shape]
-        for task in chosen:
-            queue.remove(task.spec.task_id)
-        if not queue:
-            del self._ready[shape]
+        # Their ids stay in the ready queue (finding them there costs O(queue)):
+        # _schedule drops an id whose task is no longer ready when it comes up,
+        # and dispatches only ready tasks, so a stale id never runs one twice.
         if suspended is None:
             suspended = worker.suspended = []
         suspended.append((worker.task_id, worker.waits, worker.queued))
@@ -1161,7 +1164,7 @@ class Scheduler:
             worker.waits = ()
             node.acquire(self._tasks[worker.task_id].spec.demand)
             return
-        if worker.waits and not self._any_live(worker.waits, finished_id):
+        if worker.waits and not self._still_waiting(worker.waits, finished_id):
             # All it waits for is done: it runs again in a moment; it keeps the
             # resources (as in _on_worker_blocked), its "unblocked" is to come.
             worker.waits = None
@@ -1187,9 +1190,18 @@ class Scheduler:
                 self._node_changed(node)
                 self._worker_changed(worker)
 
-    def _any_live(self, task_ids, finished_id=None):
+    def _any_live(self, task_ids):
         tasks = self._tasks
-        return any(task_id in tasks and task_id != finished_id for task_id in task_ids)
+        return any(task_id in tasks for task_id in task_ids)
+
+    def _still_waiting(self, waits, finished_id=None):
+        """Whether a task it waits for is still to end (``finished_id`` just
+        did). Drops the ended ones from the front of ``waits`` on the way, so
+        that a get on many tasks costs each look O(1) amortized, not O(n)."""
+        tasks = self._tasks
+        while waits and (waits[0] not in tasks or waits[0] == finished_id):
+            waits.popleft()
+        return bool(waits)
 
     def _drop_suspended(self, worker, task_id):
         """A suspended task ended before those above it (its get was
