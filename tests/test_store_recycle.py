@@ -518,3 +518,9 @@ def test_the_writer_reuses_its_mapping_of_a_file_it_recycles_again(store):
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     finally:
         os.close(fd)
+
+
+def test_recyclable_names_the_objects_whose_files_free_would_pool(store):
+    put(store, "big", filled(1))
+    store.write("small", *serialization.dumps(b"x" * 1000))
+    assert store.recyclable(["big", "small", "unknown"]) == ["big"]

@@ -391,6 +391,12 @@ class NodeStore:
         pool[1] += size
         return True
 
+    def recyclable(self, object_ids):
+        """Those of ``object_ids`` in shared memory whose file ``free`` would recycle."""
+        with self._lock:
+            shm = self._shm
+            return [object_id for object_id in object_ids if shm.get(object_id, 0) >= RECYCLE_MIN]
+
     def stats(self):
         """Bytes and counts: live in memory (``used``, ``objects``), spilled to disk, and
         recycled (freed files kept in the pool for writers to reuse: memory, not objects)."""

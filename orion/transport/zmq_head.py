@@ -95,8 +95,9 @@ class ZmqHeadTransport(HeadTransport):
         self.batches = {}  # identity -> {"dispatch": [records], "objects": [items], "frames": {...}}
         self.singles = []  # (identity, frames) sent as they are
         self.local_clients = {}  # peer id -> an in-process driver (EmbeddedClient.put_entry)
-        # node id -> the NodeStore of a node in this process (the embedded one): freed
-        # at once, so that a large put that follows a release can recycle the file.
+        # node id -> the NodeStore of a node in this process (the embedded one): its
+        # large objects are freed at once, so that a large put that follows a
+        # release can recycle the file.
         self.local_stores = {}
 
     def _batch(self, identity, kind):
@@ -133,14 +134,22 @@ class ZmqHeadTransport(HeadTransport):
 
     def free(self, holder_id, object_ids):
         node = self.server.nodes.get(holder_id)
-        store = self.local_stores.get(holder_id)
-        if store is not None and node is not None and node.alive:
-            try:
-                store.free(object_ids)
-            except ValueError as exc:  # an id that cannot be a file name
-                log.warning("could not free objects of node %s: %s", holder_id, exc)
+        if node is None or not node.alive or not object_ids:
             return
-        if node is not None and node.alive and object_ids:
+        store = self.local_stores.get(holder_id)
+        if store is not None:
+            # Only those whose file the pool keeps: a thousand small ones would cost
+            # the caller (a driver's submit, under the lock) a thousand unlinks;
+            # they go by message to the node's thread, as for any node.
+            now = store.recyclable(object_ids)
+            if now:
+                try:
+                    store.free(now)
+                except ValueError as exc:  # an id that cannot be a file name
+                    log.warning("could not free objects of node %s: %s", holder_id, exc)
+                now = set(now)
+                object_ids = [object_id for object_id in object_ids if object_id not in now]
+        if object_ids:
             items, _ = self._batch(node.identity, "free")
             items.extend(object_ids)
 
