@@ -391,3 +391,19 @@ def test_threads_share_one_store(tmp_path):
         assert stats["spilled"] == sum(os.path.getsize(Path(store.spill_dir, n)) for n in os.listdir(store.spill_dir))
     finally:
         store.close()
+
+
+def test_small_objects_are_read_as_an_aligned_private_copy(tmp_path):
+    """At most COPY_MAX bytes: read with one copy, not mapped (no mapping to
+    keep per value: a driver holding many such values holds no memory maps)."""
+    from orion.store.shm_format import COPY_MAX
+
+    path = str(tmp_path / "small")
+    write_object(path, b"h", [os.urandom(1000)])
+    assert os.path.getsize(path) <= COPY_MAX
+    header, views = read_object(path)
+    os.unlink(path)
+    assert views[0].readonly
+    assert data_address(np.frombuffer(views[0], dtype=np.uint8)) % ALIGNMENT == 0
+    maps = open("/proc/self/maps").read()
+    assert path not in maps

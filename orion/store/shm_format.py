@@ -43,6 +43,7 @@ gone (FileNotFoundError), as if the reader had come a moment later.
 from __future__ import annotations
 
 import collections
+import ctypes
 import errno
 import fcntl
 import itertools
@@ -263,13 +264,19 @@ _CHUNK = 1 << 30  # pwrite moves at most ~2 GiB per call on Linux
 
 
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+# Objects up to this size are read with one copy instead of mapped: below it
+# the copy costs less than mapping and unmapping (measured here: a 100 KiB
+# value 53 µs copied against ~85 µs mapped, read and unmapped; at 256 KiB the
+# copy is the slower, as its buffer no longer comes from the heap).
+COPY_MAX = 128 * 1024
 
 
 def read_object(path, reuse_mappings=False):
     """``(header, buffers)``: read-only memoryviews of the object at ``path``.
 
-    The buffers are read-only views of a shared mapping of the file (no copy).
-    Raises FileNotFoundError if there is no file (or it was freed meanwhile),
+    The buffers are read-only views of a shared mapping of the file (no
+    copy), or, for an object of at most ``COPY_MAX`` bytes, of a private copy
+    read under the pin. Raises FileNotFoundError if there is no file (or it was freed meanwhile),
     ValueError if it is corrupt. ``reuse_mappings``: the file is in shared
     memory, where large files are recycled: map it through ``mappings.CACHE``.
     """
@@ -290,6 +297,13 @@ def read_object(path, reuse_mappings=False):
         size = (os.fstat(fd) if fd_pinned else _pin(path, fd)).st_size
         if size < _FIXED.size:  # also keeps mmap away from an empty file
             raise ValueError(f"corrupt object file {path}: {size} bytes, shorter than its header")
+        if size <= COPY_MAX:
+            # Small: a copy is cheaper than a mapping (no mmap and munmap, which
+            # also take the process's memory-map lock). Read under the pin.
+            data = _aligned_buffer(size)
+            if os.preadv(fd, [data], 0) != size:
+                raise ValueError(f"corrupt object file {path}: shorter than {size} bytes")
+            return _views(path, data.toreadonly(), size)
         # MAP_POPULATE maps every page now, in one go, instead of one fault per page later.
         mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
     finally:
@@ -303,8 +317,17 @@ def read_object(path, reuse_mappings=False):
     return _views(path, mm, size, close_on_error=True)
 
 
+def _aligned_buffer(size):
+    """A writable memoryview of ``size`` bytes that starts on an ``ALIGNMENT``
+    boundary, as a mapping does (so buffers in it keep the file's alignment)."""
+    data = bytearray(size + ALIGNMENT - 1)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(data))
+    start = -address % ALIGNMENT
+    return memoryview(data)[start:start + size]
+
+
 def _views(path, mm, size, close_on_error=False):
-    view = memoryview(mm)
+    view = mm if type(mm) is memoryview else memoryview(mm)
     try:
         header, spans = _parse(path, view, size)
     except BaseException:
