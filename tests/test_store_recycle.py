@@ -524,3 +524,14 @@ def test_recyclable_names_the_objects_whose_files_free_would_pool(store):
     put(store, "big", filled(1))
     store.write("small", *serialization.dumps(b"x" * 1000))
     assert store.recyclable(["big", "small", "unknown"]) == ["big"]
+
+
+def test_a_writers_mapping_of_a_file_that_is_gone_is_let_go(store):
+    first = put(store, "a", filled(1))
+    store.free(["a"])
+    put(store, "b", filled(2))  # recycled: mapped for writing
+    key = (os.stat(os.path.join(store.shm_dir, "b")).st_dev, first)
+    assert key in mappings.WRITERS._entries
+    os.unlink(os.path.join(store.shm_dir, "b"))
+    mappings.release_idle()
+    assert key not in mappings.WRITERS._entries

@@ -21,6 +21,11 @@ its memory given back), so they hold no memory of their own.
 
 Only files of at least ``shm_format.RECYCLE_MIN`` bytes come here (smaller
 ones are cheap to map and never recycled).
+
+Writers keep theirs too (``WRITERS``): a writable mapping of each recycled
+file they wrote, used only while they hold that file's exclusive lock, for the
+next time they recycle the same file (a copy into pages already mapped). A
+few at most, dropped once their file is gone (``release_idle``).
 """
 from __future__ import annotations
 
@@ -191,6 +196,18 @@ class WriterMappings:
         os.close(stat_fd)
 
 
+    def sweep(self):
+        """Drop the mappings of files that lost their name (their memory goes)."""
+        with self._lock:
+            self._sweep()
+
+
 CACHE = MappingCache()
-release_idle = CACHE.release_idle
 WRITERS = WriterMappings()
+
+
+def release_idle():
+    """End the readers' leases nothing uses any more, and let go of the
+    mappings of files that are gone (see the module docstring)."""
+    CACHE.release_idle()
+    WRITERS.sweep()
