@@ -113,3 +113,21 @@ def test_a_worker_killed_while_helping_retries_parent_and_child(tmp_path):
     touch(gate)  # the retries run through at once
     os.kill(first, signal.SIGKILL)
     assert orion.get(ref, timeout=45) == "released"
+
+
+@orion.remote
+def big_child(fill):
+    import numpy as np
+
+    return np.full(300_000, fill)  # 2.4 MB: kept in the node's store, not inline
+
+
+@orion.remote
+def sums_big_children():
+    return [float(a.sum()) for a in orion.get([big_child.remote(i) for i in range(3)])]
+
+
+def test_a_helped_childs_large_result_reaches_its_parent():
+    pytest.importorskip("numpy")
+    orion.init(num_workers=1)
+    assert orion.get(sums_big_children.remote()) == [0.0, 300_000.0, 600_000.0]

@@ -138,6 +138,10 @@ class Worker:
         self._levels = []
         self._suspended = []
         self._suspended_cancels = set()
+        self._nested_values = None  # results of the task just run inside a get, for that get
+        # (task id, name) of the task whose get each nested run is inside (None:
+        # it captured no output): what a nested task prints is that task's output.
+        self._waiting_outputs = []
         self._in_get = False
         self._cancel_lock = threading.Lock()  # orders task start/end against interrupts
         self._early_cancels = set()  # tasks cancelled before this worker started them
@@ -288,6 +292,8 @@ class Worker:
         saved = (self._task_id, self._interrupted, self._interrupt_raised, self._in_get, self._in_runtime,
                  self._polling, self.client.store, self.children, self._copying)
         self._suspended.append(self._task_id)
+        self._nested_values = None
+        self._waiting_outputs.append(waiting)
         self._in_get = self._polling = False
         self._in_runtime = 0
         self.children = set()
@@ -296,6 +302,7 @@ class Worker:
             self._run(dispatch)
         finally:
             self._suspended.pop()
+            self._waiting_outputs.pop()
             with self._cancel_lock:
                 (self._task_id, self._interrupted, self._interrupt_raised, self._in_get, self._in_runtime,
                  self._polling, self.client.store, self.children, self._copying) = saved
@@ -304,6 +311,9 @@ class Worker:
                     self._interrupted = True  # cancelled while suspended: its get ends now
             if waiting is not None:
                 output.start(*waiting)
+        if self._nested_values:
+            values, self._nested_values = self._nested_values, None
+            self.client.store.put_many(values)  # (the head's copies, when they come, are the same)
 
     def watch_node(self):
         """Read the node's requests on stdin (``interrupt <task id>``); exit
@@ -416,6 +426,10 @@ class Worker:
             else:
                 self._dones.append([task_id, results, [started, max(started, time.time())]])
                 self._done_frames.extend(frames)
+                if self._suspended:
+                    # Run inside a get that waits for it: the waiting task reads these
+                    # values here at once, not after a round trip through the head.
+                    self._nested_values = self._own_values(task_id, results, frames)
                 # Sent by whoever ran us (serve, or a get's loop) once the tasks run
                 # back to back are done, after this task's inputs are let go: a
                 # mapped input stays pinned (see shm_format) until then.
@@ -428,6 +442,17 @@ class Worker:
         self.send("failed", [task_id, wire.encode_failure(Failure(failure.kind, failure.message,
                                                                   _pickle_payload(failure.payload))),
                              outcome.retryable, outcome.cancelled, [started, max(started, time.time())]])
+
+    def _own_values(self, task_id, results, frames):
+        """Store entries for the results just reported (see ``wire.decode_done``)."""
+        values, cursor = [], 0
+        for object_id, (header, count) in zip(ids.return_ids(task_id, len(results)), results):
+            if header is None:  # written into this node's store; ``count`` is its size
+                values.append((object_id, Remote(count, (Holder(self.local.node_id, ""),))))
+            else:
+                values.append((object_id, (header, tuple(frames[cursor:cursor + count]))))
+                cursor += count
+        return values
 
     def _send_dones(self):
         """Report the tasks that finished since the last report, in one message.
@@ -533,6 +558,15 @@ class Worker:
     def _send_logs(self):
         records = self.output.take()
         if records:
+            waiting = self._waiting_outputs[-1] if self._waiting_outputs else None
+            if waiting is not None:
+                # A task run inside the get of the task that submitted it: its lines
+                # are that task's output, prefixed as if forwarded back to it through
+                # the head (as for a child run elsewhere), and travel on from there.
+                task_id, name = waiting
+                prefix = f"pid={os.getpid()} node={self.node_id})"
+                records = [[task_id, name, stream, f"({child} {prefix} {line}"]
+                           for _, child, stream, line in records]
             self.send("logs", [records])
 
     def _send_logs_now(self):
