@@ -275,35 +275,31 @@ def read_object(path, reuse_mappings=False):
     """``(header, buffers)``: read-only memoryviews of the object at ``path``.
 
     The buffers are read-only views of a shared mapping of the file (no
-    copy), or, for an object of at most ``COPY_MAX`` bytes, of a private copy
-    read under the pin. Raises FileNotFoundError if there is no file (or it was freed meanwhile),
+    copy), or, for an object of at most ``COPY_MAX`` bytes, of a private copy.
+    Raises FileNotFoundError if there is no file (or it was freed meanwhile),
     ValueError if it is corrupt. ``reuse_mappings``: the file is in shared
     memory, where large files are recycled: map it through ``mappings.CACHE``.
     """
     fd = os.open(path, os.O_RDONLY)
-    if reuse_mappings:
-        try:
-            stat = _pin(path, fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        if stat.st_size >= RECYCLE_MIN:
-            mm = mappings.CACHE.lease(fd, stat)  # takes fd over; holds the pin while leased
-            return _views(path, mm, stat.st_size)
-        fd_pinned = True
-    else:
-        fd_pinned = False
     try:
-        size = (os.fstat(fd) if fd_pinned else _pin(path, fd)).st_size
+        size = os.fstat(fd).st_size
         if size < _FIXED.size:  # also keeps mmap away from an empty file
             raise ValueError(f"corrupt object file {path}: {size} bytes, shorter than its header")
         if size <= COPY_MAX:
             # Small: a copy is cheaper than a mapping (no mmap and munmap, which
-            # also take the process's memory-map lock). Read under the pin.
+            # also take the process's memory-map lock). No pin: only files of
+            # RECYCLE_MIN bytes and more are ever recycled, so this one's
+            # contents never change (freeing it only unlinks it).
             data = _aligned_buffer(size)
             if os.preadv(fd, [data], 0) != size:
                 raise ValueError(f"corrupt object file {path}: shorter than {size} bytes")
             return _views(path, data.toreadonly(), size)
+        stat = _pin(path, fd)
+        size = stat.st_size
+        if reuse_mappings and size >= RECYCLE_MIN:
+            owned, fd = fd, None
+            mm = mappings.CACHE.lease(owned, stat)  # takes the descriptor over; holds the pin while leased
+            return _views(path, mm, size)
         # MAP_POPULATE maps every page now, in one go, instead of one fault per page later.
         mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
     finally:
@@ -313,7 +309,8 @@ def read_object(path, reuse_mappings=False):
         # description, which the duplicate shares. So the shared lock lives
         # exactly as long as the mapping: until the last memoryview slice (and
         # every numpy array made from one) is gone.
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
     return _views(path, mm, size, close_on_error=True)
 
 
