@@ -13,11 +13,12 @@ commands (``orion.scheduler.commands``) its owner must carry out. It owns:
   blocked in ``get``);
 * placement (``placement.py``), retries, failure propagation to dependents and
   cancellation; helping: a worker whose task waits in ``get`` runs the tasks
-  it waits for itself (see "Helping"). Placement never scans the cluster: per demand shape it keeps
-  an index of the nodes that can take such a task now (and of those that
-  could, but lack an idle worker), and per shape and queue length one of the
-  busy workers that can take one more task (pipelining), so a dispatch costs
-  O(log nodes) however many nodes and queued tasks there are (see "Indexes");
+  it waits for itself (see "Helping"). Placement never scans the cluster:
+  per demand shape it keeps an index of the nodes that can take such a task
+  now (and of those that could, but lack an idle worker), and per shape and
+  queue length one of the busy workers that can take one more task
+  (pipelining), so a dispatch costs O(log nodes) however many nodes and
+  queued tasks there are (see "Indexes");
 * the object directory's view that placement needs: which nodes hold a copy
   of each large object (``ObjectLocated``), so a task goes where most of its
   input bytes already are, and what happens when every copy is gone
@@ -489,7 +490,8 @@ class Scheduler:
         worker = self._workers.get(event.worker_id)
         if worker is None or worker.blocked or worker.task_id is None:
             return
-        if event.task_ids and not self._any_live(event.task_ids):
+        waits = deque(event.task_ids)
+        if waits and not self._still_waiting(waits):
             # All it waits for is done, the values are on their way: it runs
             # again in a moment. Lending its resources out now would only
             # start a worker process for that moment.
@@ -504,8 +506,8 @@ class Scheduler:
             self._blocking_names.add(spec.name)  # tasks of this name wait in get: never queue them
         self._node_changed(node)
         self._worker_changed(worker)
-        worker.waits = deque(event.task_ids)
-        if event.task_ids:
+        worker.waits = waits
+        if waits:
             self._help(worker)  # before anything else takes the resources it gave back
         self._schedule()
 
@@ -1189,10 +1191,6 @@ class Scheduler:
                 node.release(self._tasks[worker.task_id].spec.demand)
                 self._node_changed(node)
                 self._worker_changed(worker)
-
-    def _any_live(self, task_ids):
-        tasks = self._tasks
-        return any(task_id in tasks for task_id in task_ids)
 
     def _still_waiting(self, waits, finished_id=None):
         """Whether a task it waits for is still to end (``finished_id`` just

@@ -46,6 +46,23 @@ _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 _IDLE_REFS = 2  # sys.getrefcount of an idle mapping: the entry's reference and the argument
 
 
+def _file_gone(stat_fd):
+    """Whether the file open as ``stat_fd`` lost its last name (its memory goes
+    once nothing maps it)."""
+    try:
+        return os.fstat(stat_fd).st_nlink == 0
+    except OSError:
+        return True
+
+
+def _unmap(mm, stat_fd):
+    try:
+        mm.close()
+    except BufferError:  # exported after all: the mapping goes with its last view
+        pass
+    os.close(stat_fd)
+
+
 class _Entry:
     __slots__ = ("mm", "size", "key", "stat_fd", "lock_fd")
 
@@ -120,11 +137,7 @@ class MappingCache:
         # Idle mappings of files that lost their name hold memory for nothing.
         for key in list(self._idle):
             entry = self._entries[key]
-            try:
-                gone = os.fstat(entry.stat_fd).st_nlink == 0
-            except OSError:
-                gone = True
-            if gone:
+            if _file_gone(entry.stat_fd):
                 self._drop(entry)
         idle_bytes = sum(self._entries[key].size for key in self._idle)
         while self._idle and (len(self._idle) > MAX_IDLE or idle_bytes > MAX_IDLE_BYTES):
@@ -136,11 +149,7 @@ class MappingCache:
         """Forget an idle entry and unmap it (nothing refers to it but us)."""
         self._idle.pop(entry.key, None)
         del self._entries[entry.key]
-        try:
-            entry.mm.close()
-        except BufferError:  # exported after all: leave the mapping to its views (it unmaps with them)
-            pass
-        os.close(entry.stat_fd)
+        _unmap(entry.mm, entry.stat_fd)
 
     def stats(self):
         with self._lock:
@@ -180,21 +189,12 @@ class WriterMappings:
 
     def _sweep(self):
         for key, (_, _, stat_fd) in list(self._entries.items()):
-            try:
-                gone = os.fstat(stat_fd).st_nlink == 0
-            except OSError:
-                gone = True
-            if gone:
+            if _file_gone(stat_fd):
                 self._drop(key)
 
     def _drop(self, key):
         mm, _, stat_fd = self._entries.pop(key)
-        try:
-            mm.close()
-        except BufferError:  # (nothing exports it; be safe)
-            pass
-        os.close(stat_fd)
-
+        _unmap(mm, stat_fd)
 
     def sweep(self):
         """Drop the mappings of files that lost their name (their memory goes)."""

@@ -141,9 +141,9 @@ def object_size(header, buffers):
 def write_object(path, header, buffers, recycle_dir=None):
     """Write one value to ``path`` atomically; return the file size.
 
-    Each source buffer is copied once, straight into the file with
-    ``pwrite`` (about twice as fast on tmpfs as faulting in the pages of a
-    writable mapping one by one).
+    Each source buffer is copied once: into a fresh file with ``pwrite``
+    (about twice as fast on tmpfs as faulting in the pages of a writable
+    mapping one by one), into a recycled one through a writable mapping.
 
     ``recycle_dir``: a pool directory on the same file system as ``path``
     (see module docstring). A value of at least ``RECYCLE_MIN`` bytes is
@@ -221,36 +221,34 @@ def _claim_pool_file(directory, size, tmp):
     return None
 
 
-def _write_contents(fd, size, header, views, offsets):
-    """Fixed header, buffer table, pickle header, buffers; zeros in the alignment
-    gaps, where a recycled file still holds a previous object's bytes."""
+def _pieces(size, header, views, offsets):
+    """``(offset, bytes-like)`` of everything the file holds, in order: fixed
+    header and buffer table with the pickle header, then each buffer, with
+    zeros in the alignment gaps (where a recycled file still holds a previous
+    object's bytes)."""
     start = _FIXED.size + _ENTRY.size * len(views)
     head = bytearray(start)
     _FIXED.pack_into(head, 0, MAGIC, len(views), len(header), size)
     for i, (offset, view) in enumerate(zip(offsets, views)):
         _ENTRY.pack_into(head, _FIXED.size + i * _ENTRY.size, offset, view.nbytes)
-    _write_all(fd, head + header, 0)
+    yield 0, head + header
     position = start + len(header)
     for offset, view in zip(offsets, views):
         if offset > position:
-            _write_all(fd, bytes(offset - position), position)
-        _write_all(fd, view, offset)
+            yield position, bytes(offset - position)
+        yield offset, view
         position = offset + view.nbytes
+
+
+def _write_contents(fd, size, header, views, offsets):
+    for offset, data in _pieces(size, header, views, offsets):
+        _write_all(fd, data, offset)
 
 
 def _copy_contents(target, size, header, views, offsets):
     """As ``_write_contents``, into a writable mapping of the file."""
-    start = _FIXED.size + _ENTRY.size * len(views)
-    _FIXED.pack_into(target, 0, MAGIC, len(views), len(header), size)
-    for i, (offset, view) in enumerate(zip(offsets, views)):
-        _ENTRY.pack_into(target, _FIXED.size + i * _ENTRY.size, offset, view.nbytes)
-    position = start + len(header)
-    target[start:position] = header
-    for offset, view in zip(offsets, views):
-        if offset > position:
-            target[position:offset] = bytes(offset - position)
-        target[offset:offset + view.nbytes] = view
-        position = offset + view.nbytes
+    for offset, data in _pieces(size, header, views, offsets):
+        target[offset:offset + len(data)] = data
 
 
 def _write_all(fd, data, offset):

@@ -87,6 +87,11 @@ SCHEMAS = {
 }
 
 
+# Object ids a ``blocked`` message may name; a get on more names none (it is
+# then not helped: see "Helping" in the scheduler).
+MAX_WAITS = 100_000
+
+
 def encode(msg_type, body=(), buffers=()):
     """Frames for one message (without the routing identity)."""
     return [msgpack.packb([PROTOCOL_VERSION, msg_type, list(body)], use_bin_type=True), *buffers]

@@ -43,7 +43,6 @@ _DRAIN_LIMIT = 2000  # messages handled before the loop sends what they produced
 # tasks/s, 2 cores: depth 1 ~12k, 2 ~15k, 8 ~24k, 16 ~27k with batched done).
 PIPELINE_DEPTH = 16
 BATCH_ITEMS = 5_000  # dispatches or values per message, at most
-MAX_WAITS = 100_000  # object ids a worker may say its get waits for (more: it says none)
 RECEIVE_QUEUE_MESSAGES = 10_000  # per peer, queued by ZeroMQ before the head reads them
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30  # per frame; ORION_MAX_MESSAGE_BYTES overrides
 
@@ -641,8 +640,8 @@ class HeadServer:
     def _on_blocked(self, identity, body, buffers):
         # Optional: the ids its get waits for, all of them (see Head.worker_blocked).
         waits = body[0]
-        if not (len(waits) <= MAX_WAITS and all(isinstance(i, str) for i in waits)):
-            raise ProtocolError("blocked: expected [list of at most %d object ids]" % MAX_WAITS)
+        if not (len(waits) <= protocol.MAX_WAITS and all(isinstance(i, str) for i in waits)):
+            raise ProtocolError(f"blocked: expected [list of at most {protocol.MAX_WAITS} object ids]")
         self.head.worker_blocked(self._peer_worker(identity), waits)
 
     def _on_rejected(self, identity, body, buffers):

@@ -43,7 +43,6 @@ from .wire_client import SerializingClient
 log = logging.getLogger("orion.worker")
 
 _DONE_BATCH = 64  # finished tasks per ``done`` message, at most
-_MAX_WAITS = 100_000  # ids a ``blocked`` message may name (the head's limit)
 
 
 class WorkerClient(SerializingClient):
@@ -163,28 +162,23 @@ class Worker:
         frames = protocol.frames_of(self.socket.recv_multipart(copy=False))  # buffers: no copy
         try:
             msg_type, body, buffers = protocol.decode(frames)
-            if msg_type == "help":
-                # Tasks our waiting task waits for: run them inside its get (after
-                # the get they run as any other task; see wait_interruptibly).
-                target = self._levels[-1] if self._levels else self._queue
-                for record in body[0]:
-                    dispatch = wire.decode_dispatch(record, buffers)
-                    if dispatch[3] is not None:
-                        self._function_blobs.setdefault(dispatch[2], dispatch[3])
-                    target.append(dispatch)
-            elif msg_type == "dispatch":
+            if msg_type == "dispatch" or msg_type == "help":
+                # "help": tasks our waiting task waits for: run them inside its get
+                # (after that get they run as any other task; see wait_interruptibly).
+                helping = msg_type == "help"
+                target = self._levels[-1] if helping and self._levels else self._queue
                 for record in body[0]:
                     dispatch = wire.decode_dispatch(record, buffers)
                     if dispatch[3] is not None:
                         # The head sends a function once per worker: keep it even
                         # if this task is sent back unstarted.
                         self._function_blobs.setdefault(dispatch[2], dispatch[3])
-                    if self._in_get:
+                    if self._in_get and not helping:
                         # Our task waits in get: a task queued behind it could be
                         # what it waits for. Send it back to run elsewhere.
                         self.send("rejected", [dispatch[0]])
                     else:
-                        self._queue.append(dispatch)
+                        target.append(dispatch)
             elif msg_type == "objects":
                 self.client.store.put_many(wire.decode_entries(body[0], buffers))
             elif msg_type == "logs":
@@ -249,10 +243,7 @@ class Worker:
                 if level:
                     while level:
                         self._run_nested(level.popleft())
-                    if self._dones:
-                        self._send_dones()
-                    if self._seals:
-                        self._flush_seals()
+                    self._report()
                     if self._interrupted:
                         break
                     continue
@@ -529,7 +520,7 @@ class Worker:
             self._in_get = True
             while self._queue:
                 self.send("rejected", [self._queue.popleft()[0]])
-            self.send("blocked", [list(waits) if len(waits) <= _MAX_WAITS else []])
+            self.send("blocked", [list(waits) if len(waits) <= protocol.MAX_WAITS else []])
         else:
             self._in_get = False
             self.send("unblocked")
@@ -538,6 +529,10 @@ class Worker:
         """Run the tasks queued here back to back, then report them together."""
         while self._queue:
             self._run(self._queue.popleft())
+        self._report()
+
+    def _report(self):
+        """Tell the head of the tasks finished, and the node of what they wrote."""
         if self._dones:
             self._send_dones()
         if self._seals:
@@ -564,8 +559,8 @@ class Worker:
                 # are that task's output, prefixed as if forwarded back to it through
                 # the head (as for a child run elsewhere), and travel on from there.
                 task_id, name = waiting
-                prefix = f"pid={os.getpid()} node={self.node_id})"
-                records = [[task_id, name, stream, f"({child} {prefix} {line}"]
+                pid = os.getpid()
+                records = [[task_id, name, stream, _child_line(child, pid, self.node_id, line)]
                            for _, child, stream, line in records]
             self.send("logs", [records])
 
@@ -588,7 +583,7 @@ class Worker:
         output = self.output
         ours, stray = [], []
         for task_id, pid, node_id, name, stream, line in records:
-            text = f"({name} pid={pid} node={node_id}) {line}"
+            text = _child_line(name, pid, node_id, line)
             if output.active and task_id in self.children:
                 ours.append((stream, text))
             else:
@@ -604,6 +599,11 @@ class Worker:
                 target.flush()
             except (OSError, ValueError, AttributeError):
                 pass
+
+
+def _child_line(name, pid, node_id, line):
+    """A line another task printed, as it becomes part of this task's output."""
+    return f"({name} pid={pid} node={node_id}) {line}"
 
 
 def _pickle_payload(payload):
