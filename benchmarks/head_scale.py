@@ -417,11 +417,14 @@ def throughput(nodes, tasks, total_workers, procs, release=True):
                 "ingest_tasks_per_s": tasks / ingest,
                 "head_rss_queued_mib": rss_queued / 2**20}
     finally:
-        if driver is not None:
-            driver.close()
-        if fake is not None:
-            fake.close()
-        head.close()
+        _close(driver, fake, head)
+
+
+def _close(*parts):
+    """Close what was started, in order; None: never started."""
+    for part in parts:
+        if part is not None:
+            part.close()
 
 
 def heartbeat(nodes, seconds, procs, interval, mode):
@@ -442,9 +445,7 @@ def heartbeat(nodes, seconds, procs, interval, mode):
         return {"nodes": nodes, "interval_s": interval, "mode": mode, "head_cpu_share": cpu / wall, "idle_cpu_share": idle,
                 "us_per_heartbeat": cpu / beats * 1e6}
     finally:
-        if fake is not None:
-            fake.close()
-        head.close()
+        _close(fake, head)
 
 
 def memory(tasks, nodes, procs):
@@ -460,9 +461,7 @@ def memory(tasks, nodes, procs):
             raise RuntimeError(f"{queued} tasks queued, expected {tasks}")
         after = head.rss()
     finally:
-        if driver is not None:
-            driver.close()
-        head.close()
+        _close(driver, head)
     head = Head()
     fake = driver = None
     try:
@@ -476,11 +475,7 @@ def memory(tasks, nodes, procs):
         driver.status()
         node_after = head.rss()
     finally:
-        if driver is not None:
-            driver.close()
-        if fake is not None:
-            fake.close()
-        head.close()
+        _close(driver, fake, head)
     return {"tasks": tasks, "rss_before_mib": before / 2**20, "rss_queued_mib": after / 2**20,
             "bytes_per_queued_task": (after - before) / tasks, "nodes": nodes,
             "bytes_per_node": (node_after - node_before) / nodes}
