@@ -179,19 +179,49 @@ class Client:
         if LIFETIMES.released:
             self._flush_releases()
         object_ids = [r.id for r in ref_list]
+        deadline = None if timeout is None else time.monotonic() + timeout
         if progress:
             from .progress_bar import wait_with_bar
 
             ready = wait_with_bar(self, object_ids, timeout)
+        elif len(object_ids) > 1 and context.current.worker is None:
+            return self._get_in_order(object_ids, timeout, deadline)
         else:
             ready = self._wait_for(object_ids, None, timeout)
         if not ready:
-            missing = [i for i in object_ids if i not in self.store]
-            raise GetTimeoutError(f"get timed out after {timeout} s; {len(missing)} of {len(object_ids)} "
-                                  f"object(s) not ready, e.g. {missing[0]}")
-        deadline = None if timeout is None else time.monotonic() + timeout
+            self._timed_out(object_ids, timeout)
         values = [self._value(i, deadline) for i in object_ids]
         return values[0] if single else values
+
+    def _get_in_order(self, object_ids, timeout, deadline):
+        """A driver's ``get`` of several refs: each value is decoded as soon as
+        it and those before it are in, while later tasks still run, instead of
+        all of them after the last one arrives. What the caller sees is the
+        same: the values once all are in, or the first failure in list order
+        once all are in (or ``GetTimeoutError`` before that)."""
+        store = self.store
+        self._request([i for i in object_ids if i not in store])
+        values, error = [], None
+        for object_id in object_ids:
+            if object_id not in store:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not store.wait([object_id], None, remaining):
+                    self._timed_out(object_ids, timeout)
+            try:
+                values.append(self._value(object_id, deadline))
+            except Exception as exc:  # noqa: BLE001 - raised once all are in, as before
+                error = exc
+                break
+        if error is not None:
+            if not self._wait_for(object_ids, None, None if deadline is None else max(0.0, deadline - time.monotonic())):
+                self._timed_out(object_ids, timeout)
+            raise error
+        return values
+
+    def _timed_out(self, object_ids, timeout):
+        missing = [i for i in object_ids if i not in self.store]
+        raise GetTimeoutError(f"get timed out after {timeout} s; {len(missing)} of {len(object_ids)} "
+                              f"object(s) not ready, e.g. {missing[0]}")
 
     def wait(self, refs, num_returns=1, timeout=None):
         timeout = _check_timeout(timeout)

@@ -764,6 +764,31 @@ def test_get_keeps_order_when_completion_order_differs(cluster, tmp_path):
     assert orion.get([slow, fast]) == ["slow", "fast"]
 
 
+@orion.remote
+def fail_after(gate, message):
+    if gate is not None:
+        wait_for_file(gate)
+    raise ValueError(message)
+
+
+def test_get_list_raises_the_first_failure_in_list_order_once_all_are_in(cluster, tmp_path):
+    # A driver's get decodes values as they arrive (Client._get_in_order), but
+    # what it raises, and when, is as if it had waited for all of them.
+    gate = tmp_path / "gate"
+    slow_failure = fail_after.remote(str(gate), "first in the list")
+    fast_failure = fail_after.remote(None, "second in the list")
+    slow_value = blocker.remote(str(tmp_path / "gate2"))
+    with pytest.raises(orion.GetTimeoutError):  # a failure is in, the rest are not: still a timeout
+        orion.get([fast_failure, slow_value], timeout=0.3)
+    touch(gate)
+    with pytest.raises(ValueError, match="first in the list"):
+        orion.get([identity.remote(1), slow_failure, fast_failure])
+    touch(tmp_path / "gate2")
+    with pytest.raises(ValueError, match="second in the list"):
+        orion.get([slow_value, fast_failure, slow_value])
+    assert orion.get([slow_value, identity.remote(2)]) == ["released", 2]
+
+
 def test_get_timeout_raises_get_timeout_error_then_retry_works(cluster, tmp_path):
     gate = tmp_path / "gate"
     ref = blocker.remote(str(gate))

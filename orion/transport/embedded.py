@@ -3,8 +3,9 @@ threads, worker processes beside it, and a driver that calls the head directly.
 
 The driver lives in the head's process, so it takes the short path: it calls
 the ``Head`` under the server's lock instead of sending messages over loopback
-(no msgpack, no socket hop), and the head puts the driver's values straight
-into the driver's store. Worker processes still talk to the head over ZeroMQ.
+(no msgpack, no socket hop), sends the resulting dispatches itself (no hop to
+the server thread), and the head puts the driver's values straight into the
+driver's store. Worker processes still talk to the head over ZeroMQ.
 The node's agent runs in this process too, so the driver maps large values
 straight from the node's shared-memory store and writes its large puts there.
 """
@@ -53,20 +54,17 @@ class EmbeddedClient(SerializingClient):
     def _send_submit(self, specs, remote_function):
         self._reserve(len(specs))
         functions = self._new_functions(remote_function)
-        transport = self.server.transport
         with self.server.lock:
             for function_id, blob in functions:
                 self.head.register_function(function_id, blob)
             self.head.submit(specs)
-            to_send = transport.batches or transport.singles
-        if to_send:
-            self.server.wake()  # the server thread sends the dispatches (a queued task needs none)
+            self.server.send_now()  # the dispatches, if any (a queued task needs none)
 
     def _put_inline(self, object_id, value):
         self.store.put(object_id, value)
         with self.server.lock:
             self.head.put(self.peer_id, object_id, value)
-        self.server.wake()
+            self.server.send_now()
 
     def _put_large(self, object_id, value):
         node = self.node
@@ -74,14 +72,14 @@ class EmbeddedClient(SerializingClient):
         self.store.put(object_id, Remote(size, (Holder(node.node_id, node.object_server.address),)))
         with self.server.lock:
             self.head.put(self.peer_id, object_id, Remote(size, ()), node.node_id)
-        self.server.wake()
+            self.server.send_now()
         return True
 
     def _send_lost(self, object_id, holder_ids):
         with self.server.lock:
             self.head.unreachable(object_id, holder_ids)
             self.head.subscribe(self.peer_id, [object_id])
-        self.server.wake()
+            self.server.send_now()
 
     def _request(self, object_ids):
         wanted = [i for i in object_ids if not i.startswith(self._prefix)]  # ours come unasked
@@ -92,14 +90,12 @@ class EmbeddedClient(SerializingClient):
     def _send_release(self, object_ids):
         with self.server.lock:
             self.head.release(object_ids)
-            to_send = self.server.transport.batches or self.server.transport.singles
-        if to_send:
-            self.server.wake()  # nodes free their copies of large values
+            self.server.send_now()  # nodes free their copies of large values
 
     def _send_cancel(self, task_id, force):
         with self.server.lock:
             self.head.cancel(task_id, force)
-        self.server.wake()
+            self.server.send_now()
 
     def nodes(self):
         self._check_open()

@@ -36,6 +36,7 @@ log = logging.getLogger("orion.head")
 DEFAULT_HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats, both ways
 DEFAULT_HEARTBEAT_LIVENESS = 5  # missed heartbeats before a peer counts as dead
 _KEEP_FRAMES_FROM = 4096  # bytes: smaller frames are copied out of their message
+_POLLIN = int(zmq.POLLIN)  # (a plain int: the enum's & is slow on the hot path)
 _DRAIN_LIMIT = 2000  # messages handled before the loop sends what they produced
 
 
@@ -229,6 +230,7 @@ class HeadServer:
         # an in-process driver (EmbeddedClient) holds it to call the head directly.
         self.lock = threading.Lock()
         self._stopping = False
+        self._closed = False  # the router is closed (send_now must not touch it)
         self._thread = None
         self._bad_messages = 0
         self._handlers = {
@@ -249,8 +251,8 @@ class HeadServer:
         return self
 
     def wake(self):
-        """Have the server thread send what in-process callers buffered (see
-        ``EmbeddedClient``); cheap when a wake-up is already pending."""
+        """Have the server thread look at the socket and at what the head
+        buffered; cheap when a wake-up is already pending."""
         if not self._wake_pending:
             self._wake_pending = True
             try:
@@ -278,15 +280,24 @@ class HeadServer:
         return True
 
     def serve(self):
-        """The server loop (blocks until ``stop``)."""
+        """The server loop (blocks until ``stop``).
+
+        The router is used only under ``lock``, by this thread or by an
+        in-process driver (``send_now``), so the loop waits on the socket's
+        file descriptor rather than on the socket: ``zmq_poll`` on the socket
+        itself would touch it without the lock. That descriptor is
+        edge-triggered (it signals a change, not a state), so whoever used the
+        socket last checks ``EVENTS`` for waiting messages before anyone
+        blocks on it again (``_readable``)."""
         poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.router.get(zmq.FD), zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)
         poller.register(self._monitor, zmq.POLLIN)
         next_tick = time.monotonic() + self.interval
+        more = True  # messages may be waiting on the router: look before blocking
         try:
             while not self._stopping:
-                timeout_ms = max(0.0, next_tick - time.monotonic()) * 1000
+                timeout_ms = 0 if more else max(0.0, next_tick - time.monotonic()) * 1000
                 ready = dict(poller.poll(timeout_ms))
                 if self._stopping:
                     break
@@ -296,17 +307,39 @@ class HeadServer:
                 with self.lock:
                     if self._monitor in ready:
                         self._connection_events()
-                    if self.router in ready:
-                        self._drain()
+                    self._drain()
                     now = time.monotonic()
                     if now >= next_tick:
                         self._tick(now)
                         next_tick = now + self.interval
                     self._send_pending()
+                    more = self._readable()
         finally:
-            self._close()
+            with self.lock:
+                self._close()
+
+    def send_now(self):
+        """Send what the head buffered, from the calling thread, which holds
+        ``lock`` (an in-process driver after a submit): no wake-up of the
+        server thread and no hop to it on the way to a worker. The server
+        thread is woken only if the socket has messages for it or something
+        is left to send."""
+        if self._closed:
+            return
+        messages = self.transport.take()
+        if not messages:
+            return  # the socket was not touched: nothing to check
+        for identity, frames in messages:
+            self._send(identity, frames)
+        if self.transport.singles or self.transport.batches or self._readable():
+            self.wake()
+
+    def _readable(self):
+        """Messages wait on the router (see ``serve``: check after every use)."""
+        return self.router.get(zmq.EVENTS) & _POLLIN
 
     def _close(self):
+        self._closed = True
         for node in self.nodes.values():
             if node.alive:
                 self._send(node.identity, protocol.encode("reregister"))
