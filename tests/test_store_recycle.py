@@ -394,8 +394,7 @@ def test_failed_write_into_a_claimed_file_leaves_nothing(store, monkeypatch):
 
     def fail(*args):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(shm_format, "_write_contents", fail)
-    monkeypatch.setattr(shm_format, "_copy_contents", fail)  # (a claimed file is written through a mapping)
+    monkeypatch.setattr(shm_format.ObjectWriter, "_put", fail)  # (pwrite and mapping copies alike)
     with pytest.raises(OSError, match="No space"):
         store.write("b", *serialization.dumps(filled(2)))
     assert os.listdir(store.shm_dir) == [RECYCLE_DIR] and os.listdir(store.pool_dir) == []

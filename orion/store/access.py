@@ -6,18 +6,27 @@ own node straight from the node's shared-memory or spill directory: no
 socket, no copy. An object held elsewhere is fetched from a holder's object
 server (``transfer.fetch``); a worker then keeps the copy in its node's store
 (so the next task on this node maps it) and reports it, so the head's
-directory lists this node as a holder too.
+directory lists this node as a holder too. A worker fetches a large value
+(``STREAM_MIN`` bytes and more) in parts straight into its node's store
+(``transfer.fetch_into``) and maps it from there: the kept copy is the value.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from . import shm_format, transfer
 from .node_store import open_object, validate_object_id
 
+log = logging.getLogger("orion.store")
+
 # A value whose pickle (header plus buffers) is at most this many bytes travels
 # inline in messages; a larger one stays in its node's store (Ray: 100 KiB).
 INLINE_MAX = int(os.environ.get("ORION_INLINE_MAX", 100 * 1024))
+# Values fetched from another node into this node's store are streamed in parts
+# straight into it from this size up (see transfer.fetch_into); smaller ones
+# come in one message.
+STREAM_MIN = 1 << 20
 
 
 def serialized_size(header, buffers):
@@ -59,19 +68,29 @@ class LocalNode:
         """Write a value into the node's store (straight to disk when it alone
         is over the memory limit); returns its size. ``seal=False``: the
         caller tells the node itself (``seal`` may be for one thread only)."""
+        path, recycle_dir = self._place(object_id, shm_format.object_size(header, buffers))
+        size = shm_format.write_object(path, header, buffers, recycle_dir=recycle_dir)
+        if seal:
+            self.seal(object_id, size)
+        return size
+
+    def writer(self, object_id, header, lengths):
+        """A ``shm_format.ObjectWriter`` for a value whose buffers have these
+        lengths, in the node's store; the caller seals it after ``commit``."""
+        path, recycle_dir = self._place(object_id, shm_format.layout_size(len(header), lengths))
+        return shm_format.ObjectWriter(path, header, lengths, recycle_dir=recycle_dir)
+
+    def _place(self, object_id, size):
+        """Where an object of ``size`` bytes goes: ``(path, pool directory or
+        None)``; on disk when it alone is over the memory limit."""
         validate_object_id(object_id)
-        size = shm_format.object_size(header, buffers)
         in_memory = size <= self.limit
         directory = self.shm_dir if in_memory else self.spill_dir
         if directory not in self._made:
             os.makedirs(directory, exist_ok=True)
             self._made.add(directory)
         # Recycling a freed file saves zeroing fresh pages; pool files are in shared memory only.
-        shm_format.write_object(os.path.join(directory, object_id), header, buffers,
-                                recycle_dir=self.pool_dir if in_memory else None)
-        if seal:
-            self.seal(object_id, size)
-        return size
+        return os.path.join(directory, object_id), (self.pool_dir if in_memory else None)
 
     @classmethod
     def from_environment(cls, node_id, seal):
@@ -115,6 +134,10 @@ class ObjectAccess:
             if local is not None and holder.node_id == local.node_id:
                 continue
             try:
+                if self.keep_copies and remote.size >= STREAM_MIN:
+                    value = self._fetch_into_store(object_id, holder, remote.size)
+                    if value is not None:
+                        return value
                 header, buffers = transfer.fetch(self.context, holder.address, object_id, remote.size, self.keys)
             except transfer.FetchError as exc:
                 failed.append(holder.node_id)
@@ -124,3 +147,21 @@ class ObjectAccess:
                 return header, buffers, lambda: local.write(object_id, header, buffers, seal=False)
             return header, buffers, None
         raise ObjectUnavailable(object_id, failed, reasons or ["no holders"])
+
+    def _fetch_into_store(self, object_id, holder, size):
+        """Fetch a large value in parts straight into the local node's store
+        and map it from there: ``(header, buffers, keep)`` with a ``keep``
+        that has nothing left to write. None when the store cannot take it
+        (no room): then it is fetched into memory instead."""
+        local = self.local
+        try:
+            written = transfer.fetch_into(self.context, holder.address, object_id,
+                                          lambda header, lengths: local.writer(object_id, header, lengths),
+                                          size, self.keys)
+        except OSError as exc:
+            log.warning("could not keep a copy of object %s in this node's store: %s", object_id, exc)
+            return None
+        value = local.open(object_id)
+        if value is None:  # (nobody knows of it until we report it: only a bug could remove it)
+            raise transfer.FetchError(f"object {object_id} was fetched but cannot be read back")
+        return value[0], value[1], lambda: written

@@ -133,6 +133,11 @@ def _layout(header_len, lengths):
     return position, offsets
 
 
+def layout_size(header_len, lengths):
+    """The size of the file of an object with this pickle header length and buffer lengths."""
+    return _layout(header_len, lengths)[0]
+
+
 def object_size(header, buffers):
     """The size of the file that ``write_object(path, header, buffers)`` writes."""
     return _layout(len(_flat(header)), [_flat(b).nbytes for b in buffers])[0]
@@ -141,53 +146,102 @@ def object_size(header, buffers):
 def write_object(path, header, buffers, recycle_dir=None):
     """Write one value to ``path`` atomically; return the file size.
 
-    Each source buffer is copied once: into a fresh file with ``pwrite``
-    (about twice as fast on tmpfs as faulting in the pages of a writable
-    mapping one by one), into a recycled one through a writable mapping.
-
     ``recycle_dir``: a pool directory on the same file system as ``path``
     (see module docstring). A value of at least ``RECYCLE_MIN`` bytes is
     written into a claimed pool file when one fits, else into a fresh file.
     """
-    header = _flat(header)
     views = [_flat(b) for b in buffers]
-    size, offsets = _layout(len(header), [v.nbytes for v in views])
-    tmp = temp_path(path)
+    writer = ObjectWriter(path, header, [view.nbytes for view in views], recycle_dir)
     try:
-        fd = None
-        if recycle_dir is not None and size >= RECYCLE_MIN:
-            mappings.release_idle()  # this process's own pins on files nothing uses any more go first
-            fd = _claim_pool_file(recycle_dir, size, tmp)
-        recycled = fd is not None
-        if fd is None:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            # A recycled file is at most twice the size: shrinking frees its tail.
-            os.ftruncate(fd, size)
-            # Into a recycled file's pages (already there: nothing to zero) a copy
-            # through a writable mapping beats pwrite (~5 ms for 100 MiB with the
-            # mapping this process kept from an earlier write, ~12 ms with a new
-            # one, against ~15 ms); a fresh file is written with pwrite.
-            target = mappings.WRITERS.mapping(fd, size) if recycled else None
-            if target is not None:
-                _copy_contents(target, size, header, views, offsets)
-            else:
-                _write_contents(fd, size, header, views, offsets)
-        finally:
-            if recycled:
-                # Unlock explicitly: a writable mapping's duplicate of the descriptor
-                # shares the locked open file description and outlives ``fd``.
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-        os.rename(tmp, path)
+        for index, view in enumerate(views):
+            writer.write(index, 0, view)
     except BaseException:
-        # The name is ours alone: whatever is there (fresh or claimed) is garbage now.
+        writer.abort()
+        raise
+    return writer.commit()
+
+
+class ObjectWriter:
+    """One object being written whose buffers may come piece by piece (a
+    fetch streams them in from another node): the file is laid out for a
+    pickle header and buffers of known lengths, ``write`` puts bytes at a
+    position inside one buffer, ``commit`` renames the complete file into
+    place (returns its size), ``abort`` removes it.
+
+    Each byte is copied once: into a fresh file with ``pwrite`` (about twice
+    as fast on tmpfs as faulting in the pages of a writable mapping one by
+    one), into a recycled one through a writable mapping (its pages are
+    there: nothing to zero).
+    """
+
+    def __init__(self, path, header, lengths, recycle_dir=None):
+        header = _flat(header)
+        self.path = path
+        self.size, self.offsets = _layout(len(header), lengths)
+        self.lengths = lengths
+        self.tmp = temp_path(path)
+        self.fd = None
+        self.recycled = False
+        self._target = None
         try:
-            os.unlink(tmp)
+            if recycle_dir is not None and self.size >= RECYCLE_MIN:
+                mappings.release_idle()  # this process's own pins on files nothing uses any more go first
+                self.fd = _claim_pool_file(recycle_dir, self.size, self.tmp)
+            self.recycled = self.fd is not None
+            if self.fd is None:
+                self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            # A recycled file is at most twice the size: shrinking frees its tail.
+            os.ftruncate(self.fd, self.size)
+            # Through a writable mapping only into a recycled file (~5 ms for 100
+            # MiB with the mapping this process kept from an earlier write, ~12 ms
+            # with a new one, against ~15 ms with pwrite).
+            self._target = mappings.WRITERS.mapping(self.fd, self.size) if self.recycled else None
+            for offset, data in _frame(self.size, header, lengths, self.offsets):
+                self._put(offset, data)
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, index, position, data):
+        """Copy ``data`` (a flat bytes-like) into buffer ``index`` at ``position``."""
+        view = memoryview(data)
+        if position < 0 or position + view.nbytes > self.lengths[index]:
+            raise ValueError(f"{view.nbytes} bytes at {position} do not fit buffer {index} "
+                             f"of {self.lengths[index]} bytes")
+        self._put(self.offsets[index] + position, view)
+
+    def _put(self, offset, data):
+        if self._target is not None:
+            self._target[offset:offset + memoryview(data).nbytes] = data
+        else:
+            _write_all(self.fd, data, offset)
+
+    def commit(self):
+        try:
+            self._close()
+            os.rename(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return self.size
+
+    def abort(self):
+        # The temporary name is ours alone: whatever is there (fresh or claimed) is garbage now.
+        self._close()
+        try:
+            os.unlink(self.tmp)
         except FileNotFoundError:
             pass
-        raise
-    return size
+
+    def _close(self):
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        if self.recycled:
+            # Unlock explicitly: a writable mapping's duplicate of the descriptor
+            # shares the locked open file description and outlives ``fd``.
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _claim_pool_file(directory, size, tmp):
@@ -221,34 +275,22 @@ def _claim_pool_file(directory, size, tmp):
     return None
 
 
-def _pieces(size, header, views, offsets):
-    """``(offset, bytes-like)`` of everything the file holds, in order: fixed
-    header and buffer table with the pickle header, then each buffer, with
-    zeros in the alignment gaps (where a recycled file still holds a previous
-    object's bytes)."""
-    start = _FIXED.size + _ENTRY.size * len(views)
+def _frame(size, header, lengths, offsets):
+    """``(offset, bytes)`` of everything the file holds besides its buffers:
+    fixed header and buffer table with the pickle header, then zeros in the
+    alignment gaps (where a recycled file still holds a previous object's
+    bytes)."""
+    start = _FIXED.size + _ENTRY.size * len(lengths)
     head = bytearray(start)
-    _FIXED.pack_into(head, 0, MAGIC, len(views), len(header), size)
-    for i, (offset, view) in enumerate(zip(offsets, views)):
-        _ENTRY.pack_into(head, _FIXED.size + i * _ENTRY.size, offset, view.nbytes)
+    _FIXED.pack_into(head, 0, MAGIC, len(lengths), len(header), size)
+    for i, (offset, length) in enumerate(zip(offsets, lengths)):
+        _ENTRY.pack_into(head, _FIXED.size + i * _ENTRY.size, offset, length)
     yield 0, head + header
     position = start + len(header)
-    for offset, view in zip(offsets, views):
+    for offset, length in zip(offsets, lengths):
         if offset > position:
             yield position, bytes(offset - position)
-        yield offset, view
-        position = offset + view.nbytes
-
-
-def _write_contents(fd, size, header, views, offsets):
-    for offset, data in _pieces(size, header, views, offsets):
-        _write_all(fd, data, offset)
-
-
-def _copy_contents(target, size, header, views, offsets):
-    """As ``_write_contents``, into a writable mapping of the file."""
-    for offset, data in _pieces(size, header, views, offsets):
-        target[offset:offset + len(data)] = data
+        position = offset + length
 
 
 def _write_all(fd, data, offset):

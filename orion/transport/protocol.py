@@ -84,6 +84,11 @@ SCHEMAS = {
     "seal": ((_L,),),  # [[object id, size]...]: a local worker wrote these into the node's store
     "object": ((_S,), (_B,), (_I,)),  # object id, header, number of buffers
     "missing": ((_S,), (_S,)),  # object id, reason
+    # a fetch in parts: object id, bytes per part; answered by object_parts, then
+    # one part per message ([buffer index, position] + the bytes), or missing
+    "fetch_parts": ((_S,), (_I,)),
+    "object_parts": ((_S,), (_B,), (_L,)),  # object id, header, [length of each buffer]
+    "part": ((_I,), (_I,)),  # buffer index, position in it; one frame
 }
 
 
