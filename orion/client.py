@@ -48,6 +48,17 @@ def _as_ref_list(refs, what):
     return list(refs), False
 
 
+# A submit lets go of the objects whose refs were dropped once this many are
+# waiting; a get or put lets go of them all first. So a submit-then-get loop
+# frees the last round's value inside its get, after the new task was sent
+# (while it runs), not on the way to it; and a loop of submits alone still
+# frees as it goes.
+RELEASE_BATCH = 64
+# A driver's get of many refs decodes them this many at a time as they arrive
+# (Client._get_in_order).
+GET_WINDOW = 64
+
+
 class Client:
     peer_id = "driver"
 
@@ -121,7 +132,7 @@ class Client:
     # ------------------------------------------------------------------ API
     def submit(self, remote_function, args, kwargs, options):
         self._check_open()
-        if LIFETIMES.released:
+        if len(LIFETIMES.released) >= RELEASE_BATCH:
             self._flush_releases()
         deps = []
         nested = False  # could a ref hide inside an argument (a container, an object)?
@@ -202,13 +213,15 @@ class Client:
         store = self.store
         self._request([i for i in object_ids if i not in store])
         values, error = [], None
-        for object_id in object_ids:
-            if object_id not in store:
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if not store.wait([object_id], None, remaining):
-                    self._timed_out(object_ids, timeout)
+        # Waiting a window at a time, not id by id: one wake-up per window
+        # keeps this thread off the head's back while tasks are still coming in.
+        for start in range(0, len(object_ids), GET_WINDOW):
+            window = object_ids[start:start + GET_WINDOW]
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not store.wait(window, None, remaining):
+                self._timed_out(object_ids, timeout)
             try:
-                values.append(self._value(object_id, deadline))
+                values.extend(self._value(object_id, deadline) for object_id in window)
             except Exception as exc:  # noqa: BLE001 - raised once all are in, as before
                 error = exc
                 break
