@@ -95,6 +95,21 @@ def test_small_values_still_travel_inline(embedded):
     assert not any(type(e).__name__ == "Remote" for e in embedded.head.store.entries())
 
 
+@orion.remote
+def medium(i):
+    return bytes([i % 256]) * (110 * 1024)  # over the inline limit, small enough to be read as a copy
+
+
+def test_medium_values_are_read_as_copies_and_not_kept_twice(embedded):
+    refs = [medium.remote(i) for i in range(300)]
+    values = orion.get(refs)
+    assert all(v == bytes([i % 256]) * (110 * 1024) for i, v in enumerate(values))
+    # The driver keeps the Remote entries, not a second copy of each value's
+    # bytes beside the values it returned; another get reads them again.
+    assert all(type(embedded.store.lookup(ref.id)).__name__ == "Remote" for ref in refs)
+    assert orion.get(refs[7]) == values[7] and orion.get(refs[-1]) == values[-1]
+
+
 def test_dropped_large_refs_are_freed_from_the_node_store(embedded):
     store = embedded.node.store
     for i in range(30):

@@ -65,7 +65,8 @@ class SerializingClient(Client):
         if keep is not None:
             self._keep_copy(object_id, keep)  # (a nested get of a value from another node)
         value = (header, buffers)
-        self.store.put(object_id, value)  # later gets in this process use it as it is
+        if not self.objects.read_as_copy(remote):
+            self.store.put(object_id, value)  # later gets in this process use it as it is
         return value
 
     def _wait_for_again(self, object_id, timeout):
