@@ -226,7 +226,8 @@ class Client:
                 error = exc
                 break
         if error is not None:
-            if not self._wait_for(object_ids, None, None if deadline is None else max(0.0, deadline - time.monotonic())):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._wait_for(object_ids, None, remaining):
                 self._timed_out(object_ids, timeout)
             raise error
         return values

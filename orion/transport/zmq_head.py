@@ -246,7 +246,8 @@ class HeadServer:
             "release": self._on_release, "nodes": self._on_nodes, "blocked": self._on_blocked,
             "unblocked": self._on_unblocked, "rejected": self._on_rejected, "done": self._on_done,
             "failed": self._on_failed, "put_held": self._on_put_held, "copied": self._on_copied,
-            "lost": self._on_lost, "input_lost": self._on_input_lost, "status": self._on_status, "timeline": self._on_timeline, "logs": self.logs.on_logs,
+            "lost": self._on_lost, "input_lost": self._on_input_lost, "status": self._on_status,
+            "timeline": self._on_timeline, "logs": self.logs.on_logs,
         }
 
     # ---------------------------------------------------------- lifecycle
@@ -408,7 +409,8 @@ class HeadServer:
         identity = frames[0]
         try:
             msg_type, body, buffers = protocol.decode(frames[1:])
-            if identity[:2] == b"c:" and identity not in self.clients and msg_type not in ("hello", "nodes", "status", "timeline"):
+            if (identity[:2] == b"c:" and identity not in self.clients
+                    and msg_type not in ("hello", "nodes", "status", "timeline")):
                 # A driver we do not know: this head restarted under it. Ask it
                 # to say hello and replay what it still waits for.
                 self.clients.add(identity)
