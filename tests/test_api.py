@@ -821,6 +821,26 @@ def test_get_negative_timeout_raises_value_error(cluster):
         orion.get(ref, timeout=-1)
 
 
+def test_many_driver_threads_submit_and_get_at_once(cluster):
+    # Every thread's submits and gets go through the head (on the embedded
+    # cluster each sends its own dispatches on the head's socket, under its
+    # lock, while the head thread receives): nothing may be lost or hang.
+    def run(offset):
+        results = []
+        for round_ in range(30):
+            refs = [square.remote(offset + round_ * 10 + i) for i in range(10)]
+            total = add.remote(refs[0], 0)
+            for ref in refs[1:]:
+                total = add.remote(total, ref)
+            results.append(orion.get(total) == sum(orion.get(refs)))
+            results.append(orion.get(identity.remote(offset)) == offset)
+        return all(results)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(run, [0, 1000, 2000, 3000], timeout=120))
+    assert outcomes == [True] * 4
+
+
 def test_get_blocks_without_busy_waiting(cluster):
     @orion.remote
     def sleeper():
