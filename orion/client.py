@@ -48,12 +48,6 @@ def _as_ref_list(refs, what):
     return list(refs), False
 
 
-# A submit lets go of the objects whose refs were dropped once this many are
-# waiting; a get or put lets go of them all first. So a submit-then-get loop
-# frees the last round's value inside its get, after the new task was sent
-# (while it runs), not on the way to it; and a loop of submits alone still
-# frees as it goes.
-RELEASE_BATCH = 64
 # A driver's get of many refs decodes them this many at a time as they arrive
 # (Client._get_in_order).
 GET_WINDOW = 64
@@ -132,7 +126,7 @@ class Client:
     # ------------------------------------------------------------------ API
     def submit(self, remote_function, args, kwargs, options):
         self._check_open()
-        if len(LIFETIMES.released) >= RELEASE_BATCH:
+        if LIFETIMES.released:
             self._flush_releases()
         deps = []
         nested = False  # could a ref hide inside an argument (a container, an object)?

@@ -161,6 +161,26 @@ def test_a_reader_of_a_freed_object_keeps_its_bytes(store):
     assert no_temp_files(store.shm_dir, store.pool_dir)
 
 
+def test_an_object_freed_before_its_seal_came_is_recycled_too(store):
+    # A worker's seal travels to its node apart from the task's result: the
+    # head may free the object first. Its file is complete, so it is pooled;
+    # the late seal then finds no file (the node agent ignores that).
+    header, buffers = serialization.dumps(filled(3))
+    size = shm_format.write_object(os.path.join(store.shm_dir, "early"), header, buffers)
+    small_header, small_buffers = serialization.dumps(filled(4, RECYCLE_MIN // 2))
+    shm_format.write_object(os.path.join(store.shm_dir, "small"), small_header, small_buffers)
+    store.free(["early", "small", "never-written"])
+    assert os.listdir(store.shm_dir) == [RECYCLE_DIR]
+    assert [f.size for f in shm_format.pool_files(store.pool_dir)] == [size]
+    assert store.stats()["used"] == 0
+    with pytest.raises(FileNotFoundError):
+        store.sealed("early", size)
+    assert store.stats()["used"] == 0
+    put(store, "next", filled(5))
+    assert shm_format.pool_files(store.pool_dir) == []  # the next writer took it
+    assert np.array_equal(get(store, "next"), filled(5))
+
+
 def test_small_and_spilled_objects_are_not_recycled(tmp_path):
     store = make_store(tmp_path, 8 * MB)
     try:

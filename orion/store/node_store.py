@@ -358,15 +358,22 @@ class NodeStore:
             pool = None  # [files, bytes]; listed on the first object worth recycling
             for object_id in object_ids:
                 size = self._shm.pop(object_id, None)
-                self._spilled_bytes -= self._spilled.pop(object_id, 0)
+                spilled = self._spilled.pop(object_id, None)
+                self._spilled_bytes -= spilled or 0
                 recycled = False
                 if size is not None:
                     self._used -= size
-                    if size >= RECYCLE_MIN:
-                        if pool is None:
-                            listing = pool_files(self.pool_dir)
-                            pool = [len(listing), sum(f.size for f in listing)]
-                        recycled = self._recycle(object_id, size, pool)
+                elif spilled is None:
+                    # Freed before its writer's seal came (seals are batched and
+                    # travel apart from the task's result): never accounted, but
+                    # its file is complete and as worth recycling as any. (The
+                    # late seal then finds no file, which the agent ignores.)
+                    size = self._unsealed_size(object_id)
+                if size is not None and size >= RECYCLE_MIN:
+                    if pool is None:
+                        listing = pool_files(self.pool_dir)
+                        pool = [len(listing), sum(f.size for f in listing)]
+                    recycled = self._recycle(object_id, size, pool)
                 # Unlink under the lock, so that a concurrent spill cannot recreate the disk copy.
                 paths = [self._spill_path(object_id)]
                 if not recycled:
@@ -376,6 +383,12 @@ class NodeStore:
                         os.unlink(path)
                     except FileNotFoundError:
                         pass
+
+    def _unsealed_size(self, object_id):
+        try:
+            return os.stat(self._shm_path(object_id)).st_size
+        except FileNotFoundError:
+            return None
 
     def _recycle(self, object_id, size, pool):
         """Move a freed object's shm file into the pool if it has room; whether it did (lock held)."""
