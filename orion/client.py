@@ -214,15 +214,12 @@ class Client:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not store.wait(window, None, remaining):
                 self._timed_out(object_ids, timeout)
-            try:
-                values.extend(self._value(object_id, deadline) for object_id in window)
-            except Exception as exc:  # noqa: BLE001 - raised once all are in, as before
-                error = exc
-                break
+            if error is None:  # (after a failure, only wait for the rest)
+                try:
+                    values.extend(self._value(object_id, deadline) for object_id in window)
+                except Exception as exc:  # noqa: BLE001 - raised once all are in, as before
+                    error = exc
         if error is not None:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self._wait_for(object_ids, None, remaining):
-                self._timed_out(object_ids, timeout)
             raise error
         return values
 

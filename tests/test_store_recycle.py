@@ -169,6 +169,7 @@ def test_an_object_freed_before_its_seal_came_is_recycled_too(store):
     size = shm_format.write_object(os.path.join(store.shm_dir, "early"), header, buffers)
     small_header, small_buffers = serialization.dumps(filled(4, RECYCLE_MIN // 2))
     shm_format.write_object(os.path.join(store.shm_dir, "small"), small_header, small_buffers)
+    assert store.recyclable(["early", "small", "never-written"]) == ["early"]  # (the embedded head frees those itself)
     store.free(["early", "small", "never-written"])
     assert os.listdir(store.shm_dir) == [RECYCLE_DIR]
     assert [f.size for f in shm_format.pool_files(store.pool_dir)] == [size]

@@ -357,18 +357,10 @@ class NodeStore:
                 return
             pool = None  # [files, bytes]; listed on the first object worth recycling
             for object_id in object_ids:
-                size = self._shm.pop(object_id, None)
-                spilled = self._spilled.pop(object_id, None)
-                self._spilled_bytes -= spilled or 0
+                size = self._shm_size(object_id)  # (sealed or not yet: see _unsealed_size)
+                self._used -= self._shm.pop(object_id, 0)
+                self._spilled_bytes -= self._spilled.pop(object_id, 0)
                 recycled = False
-                if size is not None:
-                    self._used -= size
-                elif spilled is None:
-                    # Freed before its writer's seal came (seals are batched and
-                    # travel apart from the task's result): never accounted, but
-                    # its file is complete and as worth recycling as any. (The
-                    # late seal then finds no file, which the agent ignores.)
-                    size = self._unsealed_size(object_id)
                 if size is not None and size >= RECYCLE_MIN:
                     if pool is None:
                         listing = pool_files(self.pool_dir)
@@ -385,9 +377,14 @@ class NodeStore:
                         pass
 
     def _unsealed_size(self, object_id):
+        """The size of an object's shared-memory file written but not sealed
+        yet, or None. Seals are batched and travel apart from the task's
+        result, so the head may free an object first: its file is complete,
+        and as worth recycling as any (the late seal then finds no file,
+        which the agent ignores)."""
         try:
-            return os.stat(self._shm_path(object_id)).st_size
-        except FileNotFoundError:
+            return os.stat(self._shm_path(validate_object_id(object_id))).st_size
+        except (FileNotFoundError, ValueError):  # (ValueError: not an id at all)
             return None
 
     def _recycle(self, object_id, size, pool):
@@ -407,8 +404,14 @@ class NodeStore:
     def recyclable(self, object_ids):
         """Those of ``object_ids`` in shared memory whose file ``free`` would recycle."""
         with self._lock:
-            shm = self._shm
-            return [object_id for object_id in object_ids if shm.get(object_id, 0) >= RECYCLE_MIN]
+            return [object_id for object_id in object_ids if (self._shm_size(object_id) or 0) >= RECYCLE_MIN]
+
+    def _shm_size(self, object_id):
+        """Bytes of the object's shared-memory file, sealed or not yet (lock held); None if none."""
+        size = self._shm.get(object_id)
+        if size is None and object_id not in self._spilled:
+            size = self._unsealed_size(object_id)
+        return size
 
     def stats(self):
         """Bytes and counts: live in memory (``used``, ``objects``), spilled to disk, and

@@ -163,12 +163,12 @@ def fetch_into(context, address, object_id, open_writer, size=0, keys=None, time
         try:
             for index, length in enumerate(lengths):
                 for position in range(0, length, part_bytes):
-                    frames = exchange.receive()
+                    expected = min(part_bytes, length - position)
                     try:
-                        msg_type, body, buffers = protocol.decode([frames[0].bytes, *frames[1:]])
+                        msg_type, body, buffers = _decode(exchange.receive())
                         check(msg_type == "part" and body == [index, position] and len(buffers) == 1
-                              and len(buffers[0]) == min(part_bytes, length - position),
-                              f"expected part [{index}, {position}] of {min(part_bytes, length - position)} bytes")
+                              and len(buffers[0]) == expected,
+                              f"expected part [{index}, {position}] of {expected} bytes")
                     except ProtocolError as exc:
                         raise FetchError(f"{address} sent a malformed part of object {object_id}: {exc}") from None
                     writer.write(index, position, buffers[0].buffer)
@@ -230,10 +230,15 @@ class _Exchange:
                 raise FetchError(f"{self.address} refused our keys")
 
 
+def _decode(frames):
+    """``protocol.decode`` of a message received as ``zmq.Frame``s (buffers stay frames)."""
+    return protocol.decode([frames[0].bytes, *frames[1:]])
+
+
 def _decode_streamed(frames, object_id, address):
     """``(header, buffer lengths)`` from the first answer to a streamed fetch."""
     try:
-        msg_type, body, _ = protocol.decode([frames[0].bytes, *frames[1:]])
+        msg_type, body, _ = _decode(frames)
         _check_answer(msg_type, "object_parts", body, object_id, address)
         _, header, lengths = body
         check(all(type(n) is int and n >= 0 for n in lengths), "buffer lengths must be ints >= 0")
@@ -253,7 +258,7 @@ def _check_answer(msg_type, expected, body, object_id, address):
 
 def _decode_reply(frames, object_id, address):
     try:
-        msg_type, body, buffers = protocol.decode([frames[0].bytes, *frames[1:]])
+        msg_type, body, buffers = _decode(frames)
         _check_answer(msg_type, "object", body, object_id, address)
         _, header, nbuf = body
         views = [frame.buffer for frame in protocol.BufferCursor(buffers).take(nbuf)]

@@ -330,13 +330,8 @@ class HeadServer:
         server thread and no hop to it on the way to a worker. The server
         thread is woken only if the socket has messages for it or something
         is left to send."""
-        if self._closed:
-            return
-        messages = self.transport.take()
-        if not messages:
-            return  # the socket was not touched: nothing to check
-        for identity, frames in messages:
-            self._send(identity, frames)
+        if self._closed or not self._send_pending():
+            return  # (nothing sent: the socket was not touched, nothing to check)
         if self.transport.singles or self.transport.batches or self._readable():
             self.wake()
 
@@ -434,8 +429,11 @@ class HeadServer:
             self._send(identity, protocol.encode("error", [f"malformed message: {reason}"]))
 
     def _send_pending(self):
-        for identity, frames in self.transport.take():
+        """Send what the head buffered; whether there was anything."""
+        messages = self.transport.take()
+        for identity, frames in messages:
             self._send(identity, frames)
+        return bool(messages)
 
     def _send(self, identity, frames):
         self.head.traffic["out"] += sum(memoryview(f).nbytes for f in frames)
