@@ -35,14 +35,10 @@ prints n/a and the reason).
 """
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
+
+# run.py runs this file as a script: its folder is on sys.path.
+from cluster import SubprocessCluster
 
 SIZE = 100 * 2**20                  # bytes in the array
 ELEMENTS = SIZE // 8                # float64
@@ -85,12 +81,6 @@ def gb_per_s(seconds):
     return SIZE / GB / seconds
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- the systems --------------------------------------------------------------------------------
 
 class Orion:
@@ -130,67 +120,22 @@ class OrionTwoNodes(Orion):
         import orion
 
         self.orion = orion
-        self.procs = []
-        self.tmp = tempfile.TemporaryDirectory(prefix="orion-bench-")
-        cli = [sys.executable, "-m", "orion.cli"]
+        self.cluster = SubprocessCluster([
+            {"num_workers": 1, "node_id": f"bench-{name}", "resources": {name: 1}}
+            for name in ("A", "B")])
         try:
-            head_log = os.path.join(self.tmp.name, "head.log")
-            self._spawn(cli + ["head", "--port", str(free_port())], head_log)
-            address = self._first_line(head_log, self.procs[0])
-            for name in ("A", "B"):
-                self._spawn(cli + ["worker", "--address", address, "--num-workers", "1",
-                                   "--node-id", f"bench-{name}", "--resources", json.dumps({name: 1})],
-                            os.path.join(self.tmp.name, f"node-{name}.log"))
-            orion.init(address=address)
-            deadline = time.monotonic() + 60
-            while sum(n["alive"] for n in orion.nodes()) < 2:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"worker nodes did not register; logs in {self.tmp.name}")
-                time.sleep(0.05)
+            self.cluster.join(orion)
         except BaseException:
             self.close()
             raise
         self._bind()
-
-    def _spawn(self, argv, log_path):
-        with open(log_path, "wb") as log:
-            # Own session: a signal to the group reaches the node's worker processes too.
-            self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL, start_new_session=True))
-
-    @staticmethod
-    def _first_line(path, proc):
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with open(path) as f:
-                line = f.readline().strip()
-            if line.startswith("tcp://"):
-                return line
-            if proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        with open(path) as f:
-            raise RuntimeError(f"orion head printed no address:\n{f.read()}")
 
     def close(self):
         try:
             if self.orion.is_initialized():
                 self.orion.shutdown()
         finally:
-            for proc in reversed(self.procs):   # the nodes first, then the head
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-            for proc in self.procs:             # stragglers in the node's group
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            self.tmp.cleanup()
+            self.cluster.close()
 
 
 class Ray:
@@ -351,6 +296,6 @@ def measure(system_name, workers):
 
 
 if __name__ == "__main__":
-    from workloads import run_cli  # (run.py runs this file as a script: its folder is on sys.path)
+    from workloads import run_cli
 
     run_cli(SYSTEMS, measure)
