@@ -219,6 +219,7 @@ def measure(system_name, workers):
         results["cpu_bound_speedup"] = 2 * workers * SPIN_SECONDS / (time.perf_counter() - t)
     finally:
         s.close()
+    results["cores"] = os.cpu_count()
     return results
 
 
@@ -313,7 +314,8 @@ def main(argv=None):
 
 
 def print_table(records, worker_counts, systems, runs):
-    print(f"\nmedians of {runs} runs (min-max), {os.cpu_count()} cores; "
+    cores = sorted({r.get("cores", "?") for r in records}, key=str)
+    print(f"\nmedians of {runs} runs (min-max), {'/'.join(map(str, cores))} cores; "
           f"xK = tasks/s against the same row's {worker_counts[0]}-worker median\n")
     print(table(records, systems, worker_counts))
     for r in records:

@@ -275,20 +275,22 @@ class Client:
 
     # ------------------------------------------------------------ internals
     def _reserve(self, count=1):
-        """Block while the driver has ``max_unfinished`` unfinished tasks.
+        """Block while the driver has ``max_unfinished`` unfinished tasks;
+        return how many it had before these (a racy count: a hint only).
 
         Lock-free unless over the limit: ``next`` on an ``itertools.count`` is
         atomic, and only one thread at a time settles (the one delivering
         results), so the two counters need no lock on the hot path."""
         for _ in range(count):
             submitted = next(self._submitted)
-        if submitted - self._settled <= self.max_unfinished:  # (``submitted`` counts this one)
-            return
-        with self._room:
-            self._waiting = True  # (set before the re-check: a settle after it notifies)
-            while submitted - self._settled > self.max_unfinished and not self.closed:
-                self._room.wait()  # shutdown notifies too: no caller stays stuck
-            self._waiting = False
+        unfinished = submitted - self._settled  # (``submitted`` counts these)
+        if unfinished > self.max_unfinished:
+            with self._room:
+                self._waiting = True  # (set before the re-check: a settle after it notifies)
+                while submitted - self._settled > self.max_unfinished and not self.closed:
+                    self._room.wait()  # shutdown notifies too: no caller stays stuck
+                self._waiting = False
+        return unfinished - count
 
     def _settle(self, count=1):
         """``count`` tasks of ours finished (results or failures arrived)."""

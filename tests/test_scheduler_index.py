@@ -122,13 +122,27 @@ class Twin:
         got = self.indexed.handle(event)
         expected = self.scanning.handle(event)
         assert got == expected, f"event {self.events} {event!r}:\n indexed  {got}\n scanning {expected}"
+        self.check_pipe_sizes()
         return got
+
+    def check_pipe_sizes(self):
+        """_pick_pipelined's early way out counts nodes by worker count: the
+        count must be that of the nodes as last indexed."""
+        counts = {}
+        nodes = list(self.indexed._nodes.values())
+        # (a node replaced by its re-registration counts until it is indexed again)
+        nodes += [n for n in self.indexed._dirty_nodes if self.indexed._nodes.get(n.node_id) is not n]
+        for node in nodes:
+            if node.pipe_key is not None and node.pipe_key[0]:
+                counts[node.pipe_key[1]] = counts.get(node.pipe_key[1], 0) + 1
+        assert self.indexed._pipe_sizes == counts
 
     def handle_all(self, events):
         self.events += len(events)
         got = self.indexed.handle_all(events)
         expected = self.scanning.handle_all(events)
         assert got == expected, f"events up to {self.events}:\n indexed  {got}\n scanning {expected}"
+        self.check_pipe_sizes()
         return got
 
     def __getattr__(self, name):

@@ -237,6 +237,9 @@ class Scheduler:
         self._places = {}  # demand shape -> _Place
         self._open = {}
         self._open_levels = {}  # demand shape -> sorted queue lengths q with a key (shape, q) in _open
+        # Worker count -> how many nodes of that many workers may take queued
+        # tasks now (pipe_key (True, count)): _pick_pipelined's early way out.
+        self._pipe_sizes = {}
         self._stamp = 0  # source of unique, increasing stamps for index entries
         self._next_order = 0  # registration order of the next new node id
         self._next_seq = 0  # join order of the next worker
@@ -814,6 +817,8 @@ class Scheduler:
             if key != node.pipe_key:
                 # Its entries in _open assumed it could pipeline, with so many
                 # workers: they are void; list it again where it has workers.
+                self._count_pipe_size(node.pipe_key, -1)
+                self._count_pipe_size(key, 1)
                 node.pipe_key = key
                 node.listing.clear()
                 if key[0]:
@@ -852,6 +857,15 @@ class Scheduler:
         _push(heap, (worker.seq, worker.version, worker), 2 * len(node.workers) + 16)
         if key not in node.listing and node.pipe_key[0]:
             self._list(node, key)
+
+    def _count_pipe_size(self, pipe_key, change):
+        if pipe_key is None or not pipe_key[0]:
+            return
+        count = self._pipe_sizes.get(pipe_key[1], 0) + change
+        if count:
+            self._pipe_sizes[pipe_key[1]] = count
+        else:
+            del self._pipe_sizes[pipe_key[1]]
 
     def _list(self, node, key):
         """Enter ``node`` in ``_open`` under ``key`` (its previous entry there is void)."""
@@ -1001,6 +1015,11 @@ class Scheduler:
         if not self._max_depth:
             return None
         self._refresh()
+        if not any(count < backlog for count in self._pipe_sizes):
+            # No node has fewer workers than the backlog: none would be chosen
+            # at any queue length, so do not walk them all (up to the depth,
+            # per call: the cost of every submit while the workers keep up).
+            return None
         levels = self._open_levels.get(shape)
         if not levels:
             return None

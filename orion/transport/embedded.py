@@ -52,13 +52,22 @@ class EmbeddedClient(SerializingClient):
             self._settle()  # one of our tasks is done (its first return arrived)
 
     def _send_submit(self, specs, remote_function):
-        self._reserve(len(specs))
+        in_flight = self._reserve(len(specs))
         functions = self._new_functions(remote_function)
         with self.server.lock:
             for function_id, blob in functions:
                 self.head.register_function(function_id, blob)
             self.head.submit(specs)
-            self.server.send_now()  # the dispatches, if any (a queued task needs none)
+            # The dispatches, if any (a queued task needs none). With nothing of
+            # ours in flight, someone waits for this task: send it from here,
+            # at once. Else we are likely submitting in a loop, faster than
+            # tasks finish: leave the sending to the server thread, which sends
+            # what piled up meanwhile together, one message per worker, rather
+            # than one message per task each way.
+            if in_flight:
+                self.server.send_soon()
+            else:
+                self.server.send_now()
 
     def _put_inline(self, object_id, value):
         self.store.put(object_id, value)

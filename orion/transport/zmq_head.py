@@ -335,6 +335,12 @@ class HeadServer:
         if self.transport.singles or self.transport.batches or self._readable():
             self.wake()
 
+    def send_soon(self):
+        """Have the server thread send what the head buffered (the caller
+        holds ``lock``): messages that wait meanwhile go out together."""
+        if self.transport.singles or self.transport.batches:
+            self.wake()
+
     def _readable(self):
         """Messages wait on the router (see ``serve``: check after every use)."""
         return self.router.get(zmq.EVENTS) & _POLLIN
