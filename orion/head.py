@@ -69,9 +69,12 @@ class TaskRecord:
 
 
 class Head:
-    def __init__(self, transport, policy="least_loaded", store=None, adaptive_pipelining=False):
+    def __init__(self, transport, policy="least_loaded", store=None, adaptive_pipelining=False,
+                 extra_worker_delay=0.0):
+        """``extra_worker_delay``: see ``Scheduler``; a runtime that sets it
+        feeds ``tick`` when ``scheduler.next_deadline()`` is due."""
         self.transport = transport
-        self.scheduler = Scheduler(policy, adaptive_pipelining)
+        self.scheduler = Scheduler(policy, adaptive_pipelining, extra_worker_delay)
         self.store = store if store is not None else ObjectStore()
         self.functions = {}  # function id -> function (object or pickled blob)
         self.owners = {}  # object id -> peer that submitted (or put) it
@@ -294,7 +297,11 @@ class Head:
         """``object_ids``: what its get waits for, all of them (empty when the
         wait may end early): the scheduler may have the worker run their
         producers itself."""
-        self._feed([ev.WorkerBlocked(worker_id, tuple(dict.fromkeys(map(task_of, object_ids))))])
+        self._feed([ev.WorkerBlocked(worker_id, tuple(dict.fromkeys(map(task_of, object_ids))), time.monotonic())])
+
+    def tick(self, now):
+        """Time passed (``scheduler.next_deadline()`` is due)."""
+        self._feed([ev.Tick(now)])
 
     def worker_unblocked(self, worker_id):
         self._feed([ev.WorkerUnblocked(worker_id)])

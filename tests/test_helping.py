@@ -131,3 +131,21 @@ def test_a_helped_childs_large_result_reaches_its_parent():
     pytest.importorskip("numpy")
     orion.init(num_workers=1)
     assert orion.get(sums_big_children.remote()) == [0.0, 300_000.0, 600_000.0]
+
+
+@orion.remote
+def waits_without_helping(gate):
+    """``orion.wait`` (it may end early) names nothing to help with: the task
+    it waits for needs a worker of its own."""
+    ref = gated.remote(gate)
+    touch(gate)
+    ready, _ = orion.wait([ref], timeout=30)
+    return orion.get(ready[0]) if ready else "timed out"
+
+
+def test_a_wait_that_lasts_gets_an_extra_worker_after_the_delay(tmp_path):
+    # One worker, blocked in wait for a task queued behind it: the node starts
+    # an extra worker once the wait has lasted extra_worker_delay.
+    orion.init(num_workers=1)
+    assert orion.get(waits_without_helping.remote(str(tmp_path / "gate")), timeout=45) == "released"
+

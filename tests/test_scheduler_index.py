@@ -79,7 +79,7 @@ class ScanningScheduler(Scheduler):
             if node.alive and fits(node.available, demand):
                 if node.idle:
                     candidates.append(node)
-                elif short_of_workers is None and not node.starting:
+                elif short_of_workers is None and not node.starting and self._may_grow(node):
                     short_of_workers = node
         if candidates:
             if self._located and len(candidates) > 1 and self.policy.locality:

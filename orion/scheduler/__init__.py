@@ -3,7 +3,7 @@ from .commands import (Dispatch, FailTask, InterruptTask, Publish, ReleaseObject
                        StopWorker)
 from .events import (CancelRequested, Failure, InputLost, NodeJoined, NodeLost, ObjectLocated, ObjectLost,
                      ObjectPut, ObjectsReleased, TaskErrored, TaskFinished, TaskRejected, TaskSpec, TaskSubmitted,
-                     WorkerBlocked, WorkerJoined, WorkerLost, WorkerUnblocked)
+                     Tick, WorkerBlocked, WorkerJoined, WorkerLost, WorkerUnblocked)
 from .state import ASSIGNED, CANCELLED, FAILED, FINISHED, PENDING, READY, RUNNING, Scheduler, fits
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -136,11 +136,20 @@ class WorkerBlocked:
 
     worker_id: str
     task_ids: tuple = ()
+    at: float = 0.0  # when (the runtime's monotonic clock); see Scheduler's extra_worker_delay
 
 
 @dataclass(slots=True)
 class WorkerUnblocked:
     worker_id: str
+
+
+@dataclass(slots=True)
+class Tick:
+    """Time passed: ``now`` on the runtime's monotonic clock. The runtime feeds
+    one when ``Scheduler.next_deadline()`` is due (the scheduler keeps no clock)."""
+
+    now: float
 
 
 @dataclass(slots=True)

@@ -163,7 +163,7 @@ class _Node:
 
 class _Worker:
     __slots__ = ("worker_id", "node_id", "task_id", "queued", "blocked", "sent_back", "seq", "depth",
-                 "version", "dirty", "waits", "suspended")
+                 "version", "dirty", "waits", "suspended", "blocked_at")
 
     def __init__(self, worker_id, node_id, seq=0, depth=0):
         self.worker_id = worker_id
@@ -175,6 +175,7 @@ class _Worker:
         self.task_id = None
         self.queued = []  # ASSIGNED tasks queued behind task_id, in order (pipelining)
         self.blocked = False
+        self.blocked_at = 0.0  # when it last reported blocked (WorkerBlocked.at)
         # It sent a queued task back (TaskRejected): its task waits in get, maybe
         # not reported yet (the worker rejects just before it reports blocked).
         # Queue nothing behind it until it unblocks or its task ends.
@@ -216,11 +217,17 @@ def _registration_order(node):
 class Scheduler:
     """See the module docstring. ``policy`` names a placement policy."""
 
-    def __init__(self, policy="least_loaded", adaptive_pipelining=False):
+    def __init__(self, policy="least_loaded", adaptive_pipelining=False, extra_worker_delay=0.0):
         """``adaptive_pipelining``: size each pipeline by the task's name (see
-        ``_pipeline_limit``); off, every pipelining node queues up to its depth."""
+        ``_pipeline_limit``); off, every pipelining node queues up to its depth.
+        ``extra_worker_delay``: seconds a worker must have been blocked in get
+        before its node asks for an extra worker for the resources it lent
+        (see ``_may_grow``); 0: at once."""
         self.policy = make_policy(policy)
         self.adaptive_pipelining = adaptive_pipelining
+        self.extra_worker_delay = extra_worker_delay
+        self._now = 0.0  # the latest time an event brought (WorkerBlocked.at, Tick.now)
+        self._young = []  # heap of (due, worker id, blocked at): blocked workers not lending yet
         self._tasks = {}
         self._objects = {}
         self._nodes = {}
@@ -261,6 +268,7 @@ class Scheduler:
             ev.WorkerLost: self._on_worker_lost,
             ev.WorkerBlocked: self._on_worker_blocked,
             ev.WorkerUnblocked: self._on_worker_unblocked,
+            ev.Tick: self._on_tick,
             ev.CancelRequested: self._on_cancel,
             ev.TaskRejected: self._on_rejected,
             ev.ObjectsReleased: self._on_released,
@@ -283,6 +291,19 @@ class Scheduler:
             self._handlers[type(event)](event)
         out, self._out = self._out, []
         return out
+
+    def next_deadline(self):
+        """When the runtime should feed a ``Tick`` (its monotonic clock), or
+        None: the first time a blocked worker becomes old enough for its node
+        to ask for an extra worker."""
+        young = self._young
+        while young:
+            due, worker_id, blocked_at = young[0]
+            worker = self._workers.get(worker_id)
+            if worker is not None and worker.blocked and worker.blocked_at == blocked_at:
+                return due
+            heappop(young)  # unblocked (or gone) since
+        return None
 
     # -------------------------------------------------------------- queries
     def task_state(self, task_id):
@@ -493,6 +514,8 @@ class Scheduler:
         worker = self._workers.get(event.worker_id)
         if worker is None or worker.blocked or worker.task_id is None:
             return
+        self._now = max(self._now, event.at)
+        worker.blocked_at = event.at
         waits = deque(event.task_ids)
         if waits and not self._still_waiting(waits):
             # All it waits for is done, the values are on their way: it runs
@@ -510,8 +533,28 @@ class Scheduler:
         self._node_changed(node)
         self._worker_changed(worker)
         worker.waits = waits
+        self._watch_young(worker)
         if waits:
             self._help(worker)  # before anything else takes the resources it gave back
+        self._schedule()
+
+    def _watch_young(self, worker):
+        """A blocked worker: have a ``Tick`` come when it is old enough to count
+        in ``_may_grow`` (its node is looked at again then)."""
+        if self.extra_worker_delay:
+            heappush(self._young, (worker.blocked_at + self.extra_worker_delay, worker.worker_id,
+                                   worker.blocked_at))
+
+    def _on_tick(self, event):
+        """Blocked workers that have now waited long enough let their nodes
+        ask for extra workers: look at those nodes again."""
+        self._now = max(self._now, event.now)
+        young = self._young
+        while young and young[0][0] <= self._now:
+            _, worker_id, blocked_at = heappop(young)
+            worker = self._workers.get(worker_id)
+            if worker is not None and worker.blocked and worker.blocked_at == blocked_at:
+                self._node_changed(self._nodes[worker.node_id])
         self._schedule()
 
     def _on_worker_unblocked(self, event):
@@ -828,15 +871,27 @@ class Scheduler:
         for place in self._places.values():
             self._index_node_in(place, node, bound)
 
-    @staticmethod
-    def _index_node_in(place, node, bound):
+    def _index_node_in(self, place, node, bound):
         if node.alive and fits(node.available, place.demand):
             if node.idle:
                 place.candidates.update(node, True)
                 return
-            if not node.starting:
+            if not node.starting and self._may_grow(node):
                 _push(place.starters, (node.order, node.version, node), bound)
         place.candidates.update(node, False)
+
+    def _may_grow(self, node):
+        """Whether the node may start one more worker for resources it has free
+        and no idle worker to use. Resources lent by workers blocked in get
+        count only once one of them has been blocked ``extra_worker_delay``:
+        a worker process takes ~0.1 s of CPU to start, and most gets (a parent
+        whose children run inside its get) end long before it is ready."""
+        if not self.extra_worker_delay or not node.blocked:
+            return True
+        old_enough = self._now - self.extra_worker_delay
+        workers = self._workers
+        return any(w.blocked and w.blocked_at <= old_enough
+                   for w in map(workers.get, node.workers) if w is not None)
 
     def _index_worker(self, worker):
         if self._workers.get(worker.worker_id) is not worker:
@@ -1193,6 +1248,7 @@ class Scheduler:
             return
         worker.blocked = True
         node.blocked += 1
+        self._watch_young(worker)  # (blocked since its get began: its entry may have gone meanwhile)
         if worker.waits:
             self._help(worker)
 
@@ -1207,6 +1263,7 @@ class Scheduler:
                 worker.waits = ()
                 worker.blocked = True
                 node.blocked += 1
+                self._watch_young(worker)
                 node.release(self._tasks[worker.task_id].spec.demand)
                 self._node_changed(node)
                 self._worker_changed(worker)

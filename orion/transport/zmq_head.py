@@ -33,6 +33,11 @@ from .protocol import ProtocolError, check
 
 log = logging.getLogger("orion.head")
 
+# A worker blocked in get lends its resources at once, but its node starts an
+# extra worker process for them only once it has been blocked this long: a
+# start costs ~0.1 s of CPU, and most gets (a parent whose children run inside
+# its get) are over in milliseconds.
+EXTRA_WORKER_DELAY = 0.05
 DEFAULT_HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats, both ways
 DEFAULT_HEARTBEAT_LIVENESS = 5  # missed heartbeats before a peer counts as dead
 _KEEP_FRAMES_FROM = 4096  # bytes: smaller frames are copied out of their message
@@ -221,7 +226,8 @@ class HeadServer:
         self.transport = ZmqHeadTransport(self)
         # Nodes pipeline up to PIPELINE_DEPTH tasks per worker, each task name
         # as deep as its run time makes worth it (Scheduler._pipeline_limit).
-        self.head = Head(self.transport, policy, adaptive_pipelining=True)
+        self.head = Head(self.transport, policy, adaptive_pipelining=True,
+                         extra_worker_delay=EXTRA_WORKER_DELAY)
         self.logs = LogForwarder(self)  # workers' output -> the owners of their tasks
         self.nodes = {}  # node id -> _NodeEntry
         self.worker_nodes = {}  # worker id -> node id
@@ -300,10 +306,12 @@ class HeadServer:
         poller.register(self._wake_read, zmq.POLLIN)
         poller.register(self._monitor, zmq.POLLIN)
         next_tick = time.monotonic() + self.interval
+        scheduler_due = None  # when the scheduler wants a Tick (Scheduler.next_deadline)
         more = True  # messages may be waiting on the router: look before blocking
         try:
             while not self._stopping:
-                timeout_ms = 0 if more else max(0.0, next_tick - time.monotonic()) * 1000
+                wake_at = next_tick if scheduler_due is None else min(next_tick, scheduler_due)
+                timeout_ms = 0 if more else max(0.0, wake_at - time.monotonic()) * 1000
                 ready = dict(poller.poll(timeout_ms))
                 if self._stopping:
                     break
@@ -318,6 +326,9 @@ class HeadServer:
                     if now >= next_tick:
                         self._tick(now)
                         next_tick = now + self.interval
+                    if scheduler_due is not None and now >= scheduler_due:
+                        self.head.tick(now)
+                    scheduler_due = self.head.scheduler.next_deadline()
                     self._send_pending()
                     more = self._readable()
         finally:
