@@ -136,6 +136,7 @@ class Twin:
             if node.pipe_key is not None and node.pipe_key[0]:
                 counts[node.pipe_key[1]] = counts.get(node.pipe_key[1], 0) + 1
         assert self.indexed._pipe_sizes == counts
+        assert self.indexed._fewest_pipe_workers == min(counts, default=None)
 
     def handle_all(self, events):
         self.events += len(events)

@@ -56,6 +56,7 @@ PIPELINE_BUDGET = 0.002
 _UNKNOWN_RUN_TIME_LIMIT = 2
 _RUN_TIME_WEIGHT = 0.2  # of the newest run in the moving average
 _MAX_TRACKED_NAMES = 10_000  # task names with statistics (a bound for generated names)
+_MAX_CACHED_SHAPES = 4_096  # demand dicts whose shape is remembered (see Scheduler._shape)
 # Helping: how many tasks deep one worker may nest tasks run inside a waiting
 # task's get (each level is a Python frame stack in the worker process).
 MAX_NESTING = 32
@@ -226,6 +227,7 @@ class Scheduler:
         self.policy = make_policy(policy)
         self.adaptive_pipelining = adaptive_pipelining
         self.extra_worker_delay = extra_worker_delay
+        self._shapes = {}  # id(demand dict) -> (the dict, its shape): see _shape
         self._now = 0.0  # the latest time an event brought (WorkerBlocked.at, Tick.now)
         self._young = []  # heap of (due, worker id, blocked at): blocked workers not lending yet
         self._tasks = {}
@@ -245,8 +247,10 @@ class Scheduler:
         self._open = {}
         self._open_levels = {}  # demand shape -> sorted queue lengths q with a key (shape, q) in _open
         # Worker count -> how many nodes of that many workers may take queued
-        # tasks now (pipe_key (True, count)): _pick_pipelined's early way out.
+        # tasks now (pipe_key (True, count)), and the smallest such count:
+        # _pick_pipelined's early way out.
         self._pipe_sizes = {}
+        self._fewest_pipe_workers = None
         self._stamp = 0  # source of unique, increasing stamps for index entries
         self._next_order = 0  # registration order of the next new node id
         self._next_seq = 0  # join order of the next worker
@@ -741,9 +745,17 @@ class Scheduler:
             return None
         return task
 
-    @staticmethod
-    def _shape(demand):
-        return tuple(sorted(demand.items())) if len(demand) > 1 else tuple(demand.items())
+    def _shape(self, demand):
+        """The demand as a hashable key. Several times per task, and the head
+        gives every task of one demand the same dict: remember the key by the
+        dict's identity (the entry holds the dict, so the id cannot be reused)."""
+        cached = self._shapes.get(id(demand))
+        if cached is not None and cached[0] is demand:
+            return cached[1]
+        shape = tuple(sorted(demand.items())) if len(demand) > 1 else tuple(demand.items())
+        if len(self._shapes) < _MAX_CACHED_SHAPES:
+            self._shapes[id(demand)] = (demand, shape)
+        return shape
 
     def _enqueue(self, task):
         task.state = READY
@@ -921,6 +933,7 @@ class Scheduler:
             self._pipe_sizes[pipe_key[1]] = count
         else:
             del self._pipe_sizes[pipe_key[1]]
+        self._fewest_pipe_workers = min(self._pipe_sizes, default=None)
 
     def _list(self, node, key):
         """Enter ``node`` in ``_open`` under ``key`` (its previous entry there is void)."""
@@ -1070,7 +1083,8 @@ class Scheduler:
         if not self._max_depth:
             return None
         self._refresh()
-        if not any(count < backlog for count in self._pipe_sizes):
+        fewest = self._fewest_pipe_workers
+        if fewest is None or fewest >= backlog:
             # No node has fewer workers than the backlog: none would be chosen
             # at any queue length, so do not walk them all (up to the depth,
             # per call: the cost of every submit while the workers keep up).
