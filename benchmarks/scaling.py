@@ -83,6 +83,15 @@ def cpu_seconds(pid=None):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def submit_tree(system, leaves):
+    """The whole reduction tree at once, each sum taking its two inputs by
+    reference (a system with dependencies); the root's handle."""
+    level = [system.submit(one) for _ in range(leaves)]
+    while len(level) > 1:
+        level = [system.submit(add, level[i], level[i + 1]) for i in range(0, len(level), 2)]
+    return level[0]
+
+
 # -- the systems: submit(fn, *args) -> handle, gather(handles) -> values ----------------------
 
 class Orion:
@@ -114,10 +123,7 @@ class Orion:
         return self.orion.get(refs)
 
     def tree(self, leaves):
-        level = [self.submit(one) for _ in range(leaves)]
-        while len(level) > 1:
-            level = [self.submit(add, level[i], level[i + 1]) for i in range(0, len(level), 2)]
-        return self.orion.get(level[0])
+        return self.orion.get(submit_tree(self, leaves))
 
     def close(self):
         try:
@@ -165,10 +171,7 @@ class Dask:
         return self.client.gather(futures)
 
     def tree(self, leaves):
-        level = [self.submit(one) for _ in range(leaves)]
-        while len(level) > 1:
-            level = [self.submit(add, level[i], level[i + 1]) for i in range(0, len(level), 2)]
-        return level[0].result()
+        return submit_tree(self, leaves).result()
 
     def close(self):
         self.client.close()
