@@ -302,10 +302,8 @@ class Scheduler:
         to ask for an extra worker."""
         young = self._young
         while young:
-            due, worker_id, blocked_at = young[0]
-            worker = self._workers.get(worker_id)
-            if worker is not None and worker.blocked and worker.blocked_at == blocked_at:
-                return due
+            if self._still_blocked(young[0]) is not None:
+                return young[0][0]
             heappop(young)  # unblocked (or gone) since
         return None
 
@@ -555,11 +553,19 @@ class Scheduler:
         self._now = max(self._now, event.now)
         young = self._young
         while young and young[0][0] <= self._now:
-            _, worker_id, blocked_at = heappop(young)
-            worker = self._workers.get(worker_id)
-            if worker is not None and worker.blocked and worker.blocked_at == blocked_at:
+            worker = self._still_blocked(heappop(young))
+            if worker is not None:
                 self._node_changed(self._nodes[worker.node_id])
         self._schedule()
+
+    def _still_blocked(self, entry):
+        """The worker of a ``_young`` entry if it is still in the get that entry
+        was made for (same ``blocked_at``), else None."""
+        _, worker_id, blocked_at = entry
+        worker = self._workers.get(worker_id)
+        if worker is not None and worker.blocked and worker.blocked_at == blocked_at:
+            return worker
+        return None
 
     def _on_worker_unblocked(self, event):
         worker = self._workers.get(event.worker_id)

@@ -181,6 +181,10 @@ class ZmqHeadTransport(HeadTransport):
     def flush(self):
         pass  # the server sends once per drained batch of messages
 
+    def pending(self):
+        """Whether anything is buffered."""
+        return bool(self.singles or self.batches)
+
     def take(self):
         """Everything buffered, as ``(identity, frames)`` messages."""
         messages = self.singles
@@ -343,13 +347,13 @@ class HeadServer:
         is left to send."""
         if self._closed or not self._send_pending():
             return  # (nothing sent: the socket was not touched, nothing to check)
-        if self.transport.singles or self.transport.batches or self._readable():
+        if self.transport.pending() or self._readable():
             self.wake()
 
     def send_soon(self):
         """Have the server thread send what the head buffered (the caller
         holds ``lock``): messages that wait meanwhile go out together."""
-        if self.transport.singles or self.transport.batches:
+        if self.transport.pending():
             self.wake()
 
     def _readable(self):
