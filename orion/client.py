@@ -126,8 +126,6 @@ class Client:
     # ------------------------------------------------------------------ API
     def submit(self, remote_function, args, kwargs, options):
         self._check_open()
-        if LIFETIMES.released:
-            self._flush_releases()
         deps = []
         nested = False  # could a ref hide inside an argument (a container, an object)?
         for value in args:
@@ -159,6 +157,8 @@ class Client:
                             self.peer_id)
         spec = TaskSpec(task_id, return_ids, tuple(deps), options.demand, options.max_retries, name, record,
                         context.current.worker is not None)
+        if LIFETIMES.released:  # (once the arguments pickled: the submit goes ahead)
+            self._flush_releases(with_next_call=True)
         with self._guard():
             self._send_submit([spec], remote_function)
         if options.num_returns == 1:
@@ -169,10 +169,10 @@ class Client:
         self._check_open()
         if isinstance(value, ObjectRef):
             raise TypeError("orion.put of an ObjectRef is not allowed; pass the ref itself")
-        if LIFETIMES.released:
-            self._flush_releases()
         object_id = ids.new_put_id()
         encoded = self._encode_value(value)
+        if LIFETIMES.released:
+            self._flush_releases(with_next_call=True)
         with self._guard():
             self._send_put(object_id, encoded)
         return ObjectRef(object_id)
@@ -313,9 +313,11 @@ class Client:
                 extra[value.id] -= 1
         LIFETIMES.escaped.update(object_id for object_id, count in extra.items() if count > 0)
 
-    def _flush_releases(self):
+    def _flush_releases(self, with_next_call=False):
         """Objects of ours that no ObjectRef in this process names any more (and
-        that never escaped into a value): free them here and at the head."""
+        that never escaped into a value): free them here and at the head.
+        ``with_next_call``: the caller (a submit, a put) calls the head next;
+        a transport may tell the head with that call (``_defer_release``)."""
         released, escaped, prefix = LIFETIMES.released, LIFETIMES.escaped, self._prefix
         freed = []
         while released:
@@ -327,6 +329,8 @@ class Client:
                 freed.append(object_id)
         if freed:
             self._release_local(freed)
+            if with_next_call and self._defer_release(freed):
+                return
             with self._guard():
                 self._send_release(freed)
 
@@ -339,6 +343,11 @@ class Client:
 
     def _send_release(self, object_ids):
         """Tell the head these objects may be freed (once no task needs them)."""
+
+    def _defer_release(self, object_ids):
+        """Keep these to tell the head with the next submit or put; False: this
+        transport tells it at once (``_send_release``)."""
+        return False
 
     def _check_open(self):
         if self.closed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 
 import pytest
 
@@ -43,6 +44,34 @@ def test_dropped_refs_are_freed_everywhere(cluster):
     driver, scheduler, head = counts()
     # Only what the last round could not yet release may remain, never all 12,000.
     assert driver <= 2100 and scheduler <= 2100 and head <= 2100, (driver, scheduler, head)
+
+
+def test_a_release_reaches_the_head_with_the_next_submit_or_put(cluster):
+    """The head in this process hears of dropped refs within the driver's next
+    submit or put (the embedded cluster hands them over with that call)."""
+    head = head_of(_current_client())
+    for call in (lambda: inc.remote(5), lambda: orion.put(5)):
+        ref = inc.remote(1)
+        assert orion.get(ref) == 2
+        object_id = ref.id
+        assert object_id in head.store
+        del ref
+        gc.collect()
+        call()
+        assert object_id not in head.store
+
+
+def test_a_submit_that_cannot_pickle_its_arguments_leaves_releases_to_the_next_call(cluster):
+    head = head_of(_current_client())
+    ref, other = inc.remote(1), inc.remote(2)
+    assert orion.get(ref) == 2
+    object_id = ref.id
+    del ref
+    gc.collect()
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        inc.remote(threading.Lock())
+    assert orion.get(other) == 3  # a get hands over releases at once
+    assert object_id not in head.store
 
 
 def test_a_chain_of_dropped_intermediates_still_gives_the_answer(cluster):

@@ -11,6 +11,7 @@ straight from the node's shared-memory store and writes its large puts there.
 """
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import uuid
@@ -32,6 +33,9 @@ class EmbeddedClient(SerializingClient):
         self.head = server.head
         self.address = server.address
         self.peer_id = "c:" + uuid.uuid4().hex[:16]
+        # Released ids that go to the head with our next call under its lock
+        # (a submit's, a put's): one lock round fewer per call (_defer_release).
+        self._deferred_releases = collections.deque()
         # Workers' output reaches us through a callback on the head's thread.
         self._log_printer = LogPrinter() if log_to_driver else None
         store = node.store
@@ -55,6 +59,7 @@ class EmbeddedClient(SerializingClient):
         in_flight = self._reserve(len(specs))
         functions = self._new_functions(remote_function)
         with self.server.lock:
+            self._release_deferred()
             for function_id, blob in functions:
                 self.head.register_function(function_id, blob)
             self.head.submit(specs)
@@ -72,6 +77,7 @@ class EmbeddedClient(SerializingClient):
     def _put_inline(self, object_id, value):
         self.store.put(object_id, value)
         with self.server.lock:
+            self._release_deferred()
             self.head.put(self.peer_id, object_id, value)
             self.server.send_now()
 
@@ -80,6 +86,7 @@ class EmbeddedClient(SerializingClient):
         size = self.local.write(object_id, *value)
         self.store.put(object_id, Remote(size, (Holder(node.node_id, node.object_server.address),)))
         with self.server.lock:
+            self._release_deferred()
             self.head.put(self.peer_id, object_id, Remote(size, ()), node.node_id)
             self.server.send_now()
         return True
@@ -98,8 +105,30 @@ class EmbeddedClient(SerializingClient):
 
     def _send_release(self, object_ids):
         with self.server.lock:
+            self._release_deferred()
             self.head.release(object_ids)
             self.server.send_now()  # nodes free their copies of large values
+
+    def _defer_release(self, object_ids):
+        # A submit or put follows, which takes the server's lock anyway: the
+        # head hears of these then, instead of in a lock round (and a wait for
+        # the server thread to let go of it) of their own. The deque takes
+        # ids from any thread; whoever holds the lock next empties it.
+        self._deferred_releases.extend(object_ids)
+        return True
+
+    def _release_deferred(self):
+        """Tell the head of the deferred releases (the caller holds the lock)."""
+        pending = self._deferred_releases
+        if not pending:
+            return
+        object_ids = []
+        while pending:
+            try:
+                object_ids.append(pending.popleft())
+            except IndexError:
+                break
+        self.head.release(object_ids)
 
     def _send_cancel(self, task_id, force):
         with self.server.lock:
@@ -136,7 +165,7 @@ def start_embedded(num_workers, resources=None, *, policy="least_loaded", heartb
                    heartbeat_liveness=None, node_id=None, keys=None, log_to_driver=True, object_store_memory=None,
                    spill_dir=None):
     server = HeadServer("127.0.0.1", 0, heartbeat_interval=heartbeat_interval,
-                        heartbeat_liveness=heartbeat_liveness, policy=policy, keys=keys).start()
+                        heartbeat_liveness=heartbeat_liveness, policy=policy, keys=keys, local_endpoint=True).start()
     # Worker processes must import what this process imports (test modules, the
     # script's own modules): give them our sys.path.
     env = dict(os.environ)
@@ -144,7 +173,7 @@ def start_embedded(num_workers, resources=None, *, policy="least_loaded", heartb
     node = NodeAgent(server.address, num_workers, resources, node_id or f"local-{os.getpid()}",
                      heartbeat_interval=server.interval, heartbeat_liveness=server.liveness,
                      worker_env=env, keys=keys, object_store_memory=object_store_memory,
-                     spill_dir=spill_dir).start()
+                     spill_dir=spill_dir, worker_address=server.local_address).start()
     if not server.wait_for_nodes(1, timeout=10):
         node.stop()
         server.stop()

@@ -61,8 +61,12 @@ class _WorkerProcess:
 
 class NodeAgent:
     def __init__(self, address, num_workers, resources=None, node_id=None, *, heartbeat_interval=None,
-                 heartbeat_liveness=None, worker_env=None, keys=None, object_store_memory=None, spill_dir=None):
+                 heartbeat_liveness=None, worker_env=None, keys=None, object_store_memory=None, spill_dir=None,
+                 worker_address=None):
         self.head_address = address
+        # Where its worker processes reach the head: the embedded node's head
+        # is in this very process, and offers them a faster local endpoint.
+        self.worker_address = worker_address or address
         self.num_workers = num_workers
         self.resources = {"CPU": float(num_workers)}
         self.resources.update({k: float(v) for k, v in (resources or {}).items()})
@@ -291,7 +295,7 @@ class NodeAgent:
     def _spawn(self):
         worker_id = f"{self.node_id}-w{next(self._numbers)}"
         process = subprocess.Popen(
-            [sys.executable, "-m", "orion.transport.zmq_worker", self.head_address, worker_id, self.node_id],
+            [sys.executable, "-m", "orion.transport.zmq_worker", self.worker_address, worker_id, self.node_id],
             stdin=subprocess.PIPE, env=self.worker_env, start_new_session=True)
         self.workers[worker_id] = _WorkerProcess(worker_id, process)
         threading.Thread(target=self._await_exit, args=(worker_id, process), daemon=True,
