@@ -169,10 +169,13 @@ class Client:
         self._check_open()
         if isinstance(value, ObjectRef):
             raise TypeError("orion.put of an ObjectRef is not allowed; pass the ref itself")
+        if LIFETIMES.released:
+            # At once, not with the put: a large value is written before the
+            # head hears of it, and the file of one just released may be
+            # recycled for it (see ARCHITECTURE.md, the object store).
+            self._flush_releases()
         object_id = ids.new_put_id()
         encoded = self._encode_value(value)
-        if LIFETIMES.released:
-            self._flush_releases(with_next_call=True)
         with self._guard():
             self._send_put(object_id, encoded)
         return ObjectRef(object_id)
@@ -316,8 +319,8 @@ class Client:
     def _flush_releases(self, with_next_call=False):
         """Objects of ours that no ObjectRef in this process names any more (and
         that never escaped into a value): free them here and at the head.
-        ``with_next_call``: the caller (a submit, a put) calls the head next;
-        a transport may tell the head with that call (``_defer_release``)."""
+        ``with_next_call``: the caller (a submit) calls the head next; a
+        transport may tell the head with that call (``_defer_release``)."""
         released, escaped, prefix = LIFETIMES.released, LIFETIMES.escaped, self._prefix
         freed = []
         while released:
@@ -345,8 +348,9 @@ class Client:
         """Tell the head these objects may be freed (once no task needs them)."""
 
     def _defer_release(self, object_ids):
-        """Keep these to tell the head with the next submit or put; False: this
-        transport tells it at once (``_send_release``)."""
+        """Keep these to tell the head with the next call that takes the head
+        anyway (the submit under way); False: this transport tells it at once
+        (``_send_release``)."""
         return False
 
     def _check_open(self):

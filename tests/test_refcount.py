@@ -48,7 +48,7 @@ def test_dropped_refs_are_freed_everywhere(cluster):
 
 def test_a_release_reaches_the_head_with_the_next_submit_or_put(cluster):
     """The head in this process hears of dropped refs within the driver's next
-    submit or put (the embedded cluster hands them over with that call)."""
+    submit or put (the embedded cluster hands them over with the submit)."""
     head = head_of(_current_client())
     for call in (lambda: inc.remote(5), lambda: orion.put(5)):
         ref = inc.remote(1)

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import orion
 from orion import serialization
+from orion.api import _current_client
 from orion.store import NodeStore, node_store, shm_format
 from orion.store.access import LocalNode
 from orion.store.shm_format import RECYCLE_DIR, RECYCLE_MIN, object_size, read_object, write_object
@@ -555,3 +557,38 @@ def test_a_writers_mapping_of_a_file_that_is_gone_is_let_go(store):
     os.unlink(os.path.join(store.shm_dir, "b"))
     mappings.release_idle()
     assert key not in mappings.WRITERS._entries
+
+
+@orion.remote
+def _two_mib(tag):
+    return bytes([tag]) * (2 << 20)
+
+
+def _inode(client, ref):
+    return os.stat(os.path.join(client.node.store.shm_dir, ref.id)).st_ino
+
+
+@pytest.mark.timeout(60)
+def test_an_embedded_driver_releases_before_its_next_large_value_is_written():
+    """The embedded driver tells the head of a dropped ref before the next
+    large value is written (its put, or the result of its next task), so that
+    value recycles the dropped one's file instead of writing a fresh one."""
+    orion.init(num_workers=1)
+    try:
+        client = _current_client()
+        first = orion.put(bytes(2 << 20))
+        inode = _inode(client, first)
+        del first
+        gc.collect()
+        second = orion.put(bytes(2 << 20))
+        assert _inode(client, second) == inode  # the put recycled the released file
+        result = _two_mib.remote(1)
+        assert orion.get(result)[:1] == b"\x01"
+        inode = _inode(client, result)
+        del result
+        gc.collect()
+        again = _two_mib.remote(2)
+        assert orion.get(again)[:1] == b"\x02"
+        assert _inode(client, again) == inode  # the task's result recycled it
+    finally:
+        orion.shutdown()

@@ -34,7 +34,7 @@ class EmbeddedClient(SerializingClient):
         self.address = server.address
         self.peer_id = "c:" + uuid.uuid4().hex[:16]
         # Released ids that go to the head with our next call under its lock
-        # (a submit's, a put's): one lock round fewer per call (_defer_release).
+        # (the submit under way): one lock round fewer per call (_defer_release).
         self._deferred_releases = collections.deque()
         # Workers' output reaches us through a callback on the head's thread.
         self._log_printer = LogPrinter() if log_to_driver else None
@@ -110,9 +110,10 @@ class EmbeddedClient(SerializingClient):
             self.server.send_now()  # nodes free their copies of large values
 
     def _defer_release(self, object_ids):
-        # A submit or put follows, which takes the server's lock anyway: the
-        # head hears of these then, instead of in a lock round (and a wait for
-        # the server thread to let go of it) of their own. The deque takes
+        # A submit follows, which takes the server's lock anyway: the head
+        # hears of these then (before the submit's dispatch, so a large result
+        # may recycle a released file), instead of in a lock round (and a wait
+        # for the server thread to let go of it) of their own. The deque takes
         # ids from any thread; whoever holds the lock next empties it.
         self._deferred_releases.extend(object_ids)
         return True
