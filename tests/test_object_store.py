@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -239,3 +240,32 @@ def test_a_lost_chain_is_rebuilt_recursively_even_after_its_head_ref_was_dropped
     total, _, _ = orion.get(checksum.options(resources={"C": 1}).remote(second), timeout=60)
     assert total == expected
     assert len(os.listdir(markers)) == 2  # `first` was made again, once, to make `second` again
+
+
+def test_wakeup_is_a_one_shot_event():
+    from orion.object_store import _Wakeup
+
+    wakeup = _Wakeup()
+    assert not wakeup.is_set()
+    assert wakeup.wait(0.01) is False  # times out while unset
+    wakeup.set()
+    wakeup.set()  # idempotent
+    assert wakeup.is_set()
+    assert wakeup.wait() is True and wakeup.wait(0) is True  # stays set for later waits
+    assert wakeup.is_set()
+
+
+def test_wakeup_wakes_a_waiter_in_another_thread_and_survives_racing_setters():
+    from orion.object_store import _Wakeup
+
+    for _ in range(200):
+        wakeup = _Wakeup()
+        woke = []
+        waiter = threading.Thread(target=lambda: woke.append(wakeup.wait(5)))
+        waiter.start()
+        setters = [threading.Thread(target=wakeup.set) for _ in range(3)]
+        for setter in setters:
+            setter.start()
+        for thread in [waiter, *setters]:
+            thread.join(5)
+        assert woke == [True] and wakeup.is_set()
