@@ -32,6 +32,7 @@ from ..store import transfer
 from ..object_store import Remote
 from ..store.access import ObjectAccess, ObjectUnavailable, serialized_size
 from . import protocol, wire
+from .frames import recv_frames, send_frames
 from .logs import decode_peer_records
 from .protocol import ProtocolError
 from .wire_client import SerializingClient
@@ -255,16 +256,16 @@ class ZmqClient(SerializingClient):
                 frames.extend(buffers)
                 continue
             if records:  # keep the order: submissions first, then this message
-                sock.send_multipart(protocol.encode("submit", [functions, records], frames), copy=False)
+                send_frames(sock, protocol.encode("submit", [functions, records], frames))
                 functions, records, frames = [], [], []
-            sock.send_multipart(protocol.encode(msg_type, body, buffers), copy=False)
+            send_frames(sock, protocol.encode(msg_type, body, buffers))
         if records:
-            sock.send_multipart(protocol.encode("submit", [functions, records], frames), copy=False)
+            send_frames(sock, protocol.encode("submit", [functions, records], frames))
 
     def _receive_all(self, sock):
         while True:
             try:
-                frames = protocol.frames_of(sock.recv_multipart(zmq.NOBLOCK, copy=False))  # buffers: no copy
+                frames = protocol.frames_of(recv_frames(sock, zmq.NOBLOCK))  # buffers: no copy
             except zmq.Again:
                 return
             try:

@@ -29,6 +29,7 @@ from ..object_store import Holder, Remote
 from ..observe import state as observe_state
 from ..scheduler.events import Failure
 from . import protocol, wire
+from .frames import send_frames
 from .base import HeadTransport
 from .logs import LogForwarder
 from .protocol import ProtocolError, check
@@ -495,7 +496,7 @@ class HeadServer:
     def _send(self, identity, frames):
         self.head.traffic["out"] += sum(memoryview(f).nbytes for f in frames)
         try:
-            self.router.send_multipart([identity, *frames], copy=False)
+            send_frames(self.router, [identity, *frames])
         except zmq.ZMQError as exc:
             if exc.errno != errno.EHOSTUNREACH:
                 raise

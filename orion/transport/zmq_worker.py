@@ -35,6 +35,7 @@ from ..store import mappings
 from ..store.access import INLINE_MAX, LocalNode, ObjectAccess, ObjectUnavailable, serialized_size
 from ..scheduler.events import Failure
 from . import protocol, wire
+from .frames import recv_frames, send_frames
 from .logs import decode_peer_records
 from .protocol import ProtocolError
 from .task_output import TaskOutput, install_logging
@@ -153,13 +154,13 @@ class Worker:
 
     # ---------------------------------------------------------- socket
     def send(self, msg_type, body=(), buffers=()):
-        self.socket.send_multipart(protocol.encode(msg_type, body, buffers), copy=False)
+        send_frames(self.socket, protocol.encode(msg_type, body, buffers))
 
     def _receive(self, timeout_ms=None):
         """Handle one incoming message; returns False on timeout."""
         if timeout_ms is not None and not self.socket.poll(timeout_ms):
             return False
-        frames = protocol.frames_of(self.socket.recv_multipart(copy=False))  # buffers: no copy
+        frames = protocol.frames_of(recv_frames(self.socket))  # buffers: no copy
         try:
             msg_type, body, buffers = protocol.decode(frames)
             if msg_type == "dispatch" or msg_type == "help":
