@@ -108,6 +108,10 @@ class ObjectStore:
     def __len__(self):
         return len(self._entries)
 
+    def is_empty(self):
+        """No entries, and nobody waits for one."""
+        return not self._entries and not self._waiters
+
     def entries(self):
         """A list of the stored entries (values and ``Failed``), for sizing."""
         with self._lock:

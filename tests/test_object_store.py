@@ -269,3 +269,16 @@ def test_wakeup_wakes_a_waiter_in_another_thread_and_survives_racing_setters():
         for thread in [waiter, *setters]:
             thread.join(5)
         assert woke == [True] and wakeup.is_set()
+
+
+def test_is_empty_counts_waiters_too():
+    from orion.object_store import ObjectStore
+
+    store = ObjectStore()
+    assert store.is_empty()
+    store.add_callback("x", lambda object_id: None)  # someone waits for x
+    assert not store.is_empty()
+    store.put("x", 1)
+    assert not store.is_empty()  # x is stored
+    store.delete("x")
+    assert store.is_empty()

@@ -209,5 +209,10 @@ WRITERS = WriterMappings()
 def release_idle():
     """End the readers' leases nothing uses any more, and let go of the
     mappings of files that are gone (see the module docstring)."""
-    CACHE.release_idle()
-    WRITERS.sweep()
+    # Called after every task and every freed batch: a process that maps
+    # nothing (small values only) skips the locks. (A mapping another thread
+    # adds meanwhile is looked at by the next call.)
+    if CACHE._entries:
+        CACHE.release_idle()
+    if WRITERS._entries:
+        WRITERS.sweep()

@@ -488,6 +488,8 @@ class HeadServer:
 
     def _send_pending(self):
         """Send what the head buffered; whether there was anything."""
+        if not self.transport.pending():
+            return False
         messages = self.transport.take()
         for identity, frames in messages:
             self._send(identity, frames)

@@ -367,15 +367,13 @@ class Worker:
         task_id, name, function_id, blob, num_returns, retry_exc, args, inputs = dispatch
         started = time.time()  # wall clock: lines up with the head's times (orion.timeline)
         self._interrupted = self._interrupt_raised = False
-        cancelled = execution.Outcome(failure=Failure("cancelled", f"task {name} was cancelled"),
-                                      cancelled=True)
         with self._cancel_lock:
             skip = task_id in self._early_cancels
             self._early_cancels.discard(task_id)
             if not skip:
                 self._task_id = task_id
         if skip:
-            outcome = cancelled
+            outcome = _cancelled(name)
         else:
             output = self.output
             output.start(task_id, name)
@@ -389,13 +387,14 @@ class Worker:
             except KeyboardInterrupt:  # a cancel that landed just outside the function
                 with self._cancel_lock:
                     self._task_id = None
-                outcome = cancelled
+                outcome = _cancelled(name)
             finally:
                 if output.stop():
                     self._send_logs()  # before the result: output is printed before get returns
                 if self.children:
                     self.children.clear()
-        self.client.store = ObjectStore()  # values fetched by this task are not kept
+        if not self.client.store.is_empty():
+            self.client.store = ObjectStore()  # values fetched by this task are not kept
         if outcome is None:
             return
         if outcome.failure is None:
@@ -600,6 +599,10 @@ class Worker:
                 target.flush()
             except (OSError, ValueError, AttributeError):
                 pass
+
+
+def _cancelled(name):
+    return execution.Outcome(failure=Failure("cancelled", f"task {name} was cancelled"), cancelled=True)
 
 
 def _child_line(name, pid, node_id, line):
