@@ -151,8 +151,10 @@ def open_object(shm_dir, spill_dir, object_id):
     raise KeyError(object_id)
 
 
-def _remove_dirs(owner_pid, *paths):
-    # A child forked from the owner inherits this finalizer; the directories are not its to remove.
+def remove_dirs(owner_pid, *paths):
+    """Remove these directories if this process is ``owner_pid``: for a
+    ``weakref.finalize`` (at close, or at the latest at interpreter exit)."""
+    # A child forked from the owner inherits the finalizer; the directories are not its to remove.
     if os.getpid() == owner_pid:
         for path in paths:
             shutil.rmtree(path, ignore_errors=True)
@@ -187,7 +189,7 @@ class NodeStore:
         self._spilled_bytes = 0
         self._closed = False
         # Removes the directories if the owner forgets close(), at the latest at interpreter exit.
-        self._finalizer = weakref.finalize(self, _remove_dirs, pid, self.shm_dir, self.spill_dir)
+        self._finalizer = weakref.finalize(self, remove_dirs, pid, self.shm_dir, self.spill_dir)
 
     def _shm_path(self, object_id):
         return os.path.join(self.shm_dir, object_id)

@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 import time
 import uuid
 
@@ -28,6 +29,7 @@ from ..head import Head
 from ..object_store import Holder, Remote
 from ..observe import state as observe_state
 from ..scheduler.events import Failure
+from ..store.node_store import remove_dirs
 from . import protocol, wire
 from .frames import send_frames
 from .base import HeadTransport
@@ -232,7 +234,7 @@ class HeadServer:
         self.address = f"tcp://{host}:{port}"
         # Where processes of this machine connect (``local_endpoint``: the
         # embedded node's workers): an IPC endpoint when there is one.
-        self._ipc_dir = None
+        self._remove_ipc_dir = None
         self.local_address = (self._bind_ipc() if local_endpoint else None) or self.address
         self._monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED | security.HANDSHAKE_EVENTS)
         self._node_fds = {}  # connection fd -> id of the node last heard on it
@@ -292,7 +294,9 @@ class HeadServer:
             log.warning("no IPC endpoint for local workers (%s); they connect over TCP", exc)
             shutil.rmtree(directory, ignore_errors=True)
             return None
-        self._ipc_dir = directory
+        # Removed at close, or at the latest at interpreter exit (a driver
+        # ended by Ctrl-C); after SIGTERM or SIGKILL, by cleanup_stale.
+        self._remove_ipc_dir = weakref.finalize(self, remove_dirs, os.getpid(), directory)
         return f"ipc://{path}"
 
     # ---------------------------------------------------------- lifecycle
@@ -409,8 +413,8 @@ class HeadServer:
         os.close(self._wake_write)
         if self._own_context:
             self.context.term()
-        if self._ipc_dir is not None:
-            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+        if self._remove_ipc_dir is not None:
+            self._remove_ipc_dir()  # (the finalizer: removes the socket's directory once)
 
     # ---------------------------------------------------------- the loop
     def _drain(self):
