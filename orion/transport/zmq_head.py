@@ -8,6 +8,8 @@ what the head's commands produced, batched per peer (many dispatches or
 values travel in one message). It keeps the node registry and heartbeats in
 both directions (Paranoid Pirate): a node silent for ``interval * liveness``
 seconds is evicted and its running tasks go back to the scheduler.
+The embedded cluster's head also listens on a Unix socket, where its own
+node's worker processes connect (``local_endpoint``).
 """
 from __future__ import annotations
 
@@ -17,9 +19,9 @@ import os
 import shutil
 import tempfile
 import threading
-import weakref
 import time
 import uuid
+import weakref
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -61,6 +63,7 @@ PIPELINE_DEPTH = 64
 BATCH_ITEMS = 5_000  # dispatches or values per message, at most
 RECEIVE_QUEUE_MESSAGES = 10_000  # per peer, queued by ZeroMQ before the head reads them
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30  # per frame; ORION_MAX_MESSAGE_BYTES overrides
+_MAX_IPC_PATH = 100  # bytes of a Unix socket's path (sun_path holds 108 on Linux, 104 on macOS)
 
 _HANDSHAKE_REASONS = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "its key is not allowed (wrong cluster keys)",
@@ -68,8 +71,6 @@ _HANDSHAKE_REASONS = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed (no keys, or not an Orion peer?)",
 }
 
-
-_MAX_IPC_PATH = 100  # bytes of a Unix socket's path (sun_path holds 108 on Linux, 104 on macOS)
 
 def max_message_size():
     return int(os.environ.get("ORION_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES))
