@@ -1,15 +1,21 @@
 """Who sends an embedded driver's dispatches: the driver's own thread when
 nothing of its own is in flight (someone waits for that task: no hop to the
 server thread), the server thread when tasks of its are in flight (a loop of
-submits: what piles up goes out together, one message per worker)."""
+submits: what piles up goes out together, one message per worker). And how
+the server thread's drain ends (the router asked, not a receive that fails)."""
 from __future__ import annotations
 
+import select
 import threading
+import time
 
 import pytest
+import zmq
 
 import orion
 from orion.api import _current_client
+from orion.transport import protocol
+from orion.transport.zmq_head import HeadServer
 from conftest import touch, wait_for_file
 
 pytestmark = pytest.mark.timeout(60)
@@ -67,3 +73,41 @@ def test_a_task_submitted_behind_one_in_flight_is_sent_by_the_server_thread(send
     assert sends and threading.current_thread().name not in sends
     touch(release)
     assert orion.get(first, timeout=30) == "released"
+
+
+
+def test_a_drain_that_ends_on_an_empty_router_leaves_its_descriptor_armed():
+    """The head thread's drain ends by asking the router whether more waits
+    (after the first message) and, when the answer is no and nothing was sent
+    since, blocks on the socket's descriptor without asking again: a message
+    that comes later must still wake that descriptor."""
+    server = HeadServer("127.0.0.1", 0)  # not started: this thread plays the head thread
+    context = zmq.Context()
+    client = context.socket(zmq.DEALER)
+    client.setsockopt(zmq.IDENTITY, b"c:drain-test")
+    client.connect(server.address)
+    descriptor = select.poll()
+    descriptor.register(server.router.get(zmq.FD), select.POLLIN)
+    ask = protocol.encode("nodes", [1])
+
+    def wait_for_a_message():
+        deadline = time.monotonic() + 10
+        while server.router.get(zmq.EVENTS) & zmq.POLLIN == 0:  # (a test may ask; the head does not spin)
+            assert time.monotonic() < deadline, "the request never reached the head"
+            descriptor.poll(100)
+
+    try:
+        with server.lock:
+            client.send_multipart(ask)
+            wait_for_a_message()
+            assert server._drain() is True  # one message, then the router said: nothing more
+            client.send_multipart(ask)  # arrives after that answer
+            assert descriptor.poll(5000), "the router's descriptor did not wake for a later message"
+            assert server._readable()
+            assert server._drain() is True
+            assert server._drain() is False  # nothing at all: a receive found nothing, it cannot tell
+    finally:
+        client.close(linger=0)
+        context.term()
+        server.start()
+        server.stop()
