@@ -77,7 +77,6 @@ class EmbeddedClient(SerializingClient):
     def _put_inline(self, object_id, value):
         self.store.put(object_id, value)
         with self.server.lock:
-            self._release_deferred()
             self.head.put(self.peer_id, object_id, value)
             self.server.send_now()
 
@@ -86,7 +85,6 @@ class EmbeddedClient(SerializingClient):
         size = self.local.write(object_id, *value)
         self.store.put(object_id, Remote(size, (Holder(node.node_id, node.object_server.address),)))
         with self.server.lock:
-            self._release_deferred()
             self.head.put(self.peer_id, object_id, Remote(size, ()), node.node_id)
             self.server.send_now()
         return True
@@ -105,7 +103,7 @@ class EmbeddedClient(SerializingClient):
 
     def _send_release(self, object_ids):
         with self.server.lock:
-            self._release_deferred()
+            self._release_deferred()  # (any a submit left when it failed before its lock round)
             self.head.release(object_ids)
             self.server.send_now()  # nodes free their copies of large values
 

@@ -509,10 +509,9 @@ class HeadServer:
         """Send what the head buffered; whether there was anything."""
         if not self.transport.pending():
             return False
-        messages = self.transport.take()
-        for identity, frames in messages:
+        for identity, frames in self.transport.take():
             self._send(identity, frames)
-        return bool(messages)
+        return True
 
     def _send(self, identity, frames):
         self._sends += 1
