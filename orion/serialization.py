@@ -18,6 +18,13 @@ from .object_ref import ObjectRef
 # times faster than cloudpickle's Python-level Pickler set-up.
 _PLAIN = frozenset((int, float, str, bytes, bool, type(None), ObjectRef))
 _EMPTY_ARGS = pickle.dumps(((), {}), protocol=5)
+# A ``bytes`` value at least this large goes out of band as it is, under a
+# header that rebuilds it as ``bytes(<its one buffer>)``: pickling it in band
+# would copy it into the header first, and ``bytes`` of a ``bytes`` is that
+# same object, so a reader that reads the buffer into a ``bytes`` of its own
+# gets the value with no copy at all (see ``store.shm_format``).
+BYTES_OUT_OF_BAND_MIN = 64 * 1024
+BYTES_HEADER = pickle.dumps(bytes, protocol=5)[:-1] + pickle.NEXT_BUFFER + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP
 
 
 class SerializationError(TypeError):
@@ -25,6 +32,8 @@ class SerializationError(TypeError):
 
 
 def dumps(value, what="value"):
+    if type(value) is bytes and len(value) >= BYTES_OUT_OF_BAND_MIN:
+        return BYTES_HEADER, [value]
     if type(value) in _PLAIN:
         return pickle.dumps(value, protocol=5), []
     buffers = []

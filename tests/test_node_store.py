@@ -407,3 +407,26 @@ def test_small_objects_are_read_as_an_aligned_private_copy(tmp_path):
     assert data_address(np.frombuffer(views[0], dtype=np.uint8)) % ALIGNMENT == 0
     maps = open("/proc/self/maps").read()
     assert path not in maps
+
+
+def test_a_bytes_value_is_read_straight_into_the_bytes_returned(tmp_path):
+    """A small file holding one bytes value (out of band): its buffer is read
+    into a bytes object of its own, which loads returns as it is (one copy)."""
+    from orion.store.shm_format import COPY_MAX
+
+    blob = os.urandom(100 * 1024)
+    path = str(tmp_path / "blob")
+    write_object(path, *serialization.dumps(blob))
+    assert os.path.getsize(path) <= COPY_MAX
+    header, buffers = read_object(path)
+    assert type(buffers[0]) is bytes
+    assert serialization.loads(header, buffers) is buffers[0]
+    assert buffers[0] == blob
+
+
+def test_a_truncated_bytes_value_is_reported_corrupt(tmp_path):
+    path = str(tmp_path / "blob")
+    write_object(path, *serialization.dumps(os.urandom(100 * 1024)))
+    os.truncate(path, os.path.getsize(path) - 1)
+    with pytest.raises(ValueError, match="corrupt"):
+        read_object(path)
