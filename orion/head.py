@@ -193,9 +193,11 @@ class Head:
         self._feed([ev.ObjectsReleased(tuple(object_ids))])
 
     # ----------------------------------------------------------- worker side
-    def task_done(self, worker_id, task_id, values, times=None, node_id=None):
+    def task_done(self, worker_id, task_id, values, times=None, node_id=None, at=None):
         """``times``: ``(started, finished)`` wall-clock seconds, as the worker ran it.
-        A ``Remote`` value stays in the store of ``node_id``, the worker's node."""
+        A ``Remote`` value stays in the store of ``node_id``, the worker's node.
+        ``at``: when the report came (monotonic clock; lets idle workers recall
+        tasks queued behind a slow one, see the scheduler's "Recall")."""
         if times is not None:
             self.tasklog.reported(worker_id, task_id, times)
         if node_id is not None and any(type(v) is Remote for v in values):
@@ -203,7 +205,7 @@ class Head:
             values = [Remote(v.size, holder) if type(v) is Remote else v for v in values]
             self._producers[task_id] = (self.scheduler.task_spec(task_id), node_id)
         self._results[task_id] = values
-        self._feed([ev.TaskFinished(task_id, worker_id, None if times is None else times[1] - times[0])])
+        self._feed([ev.TaskFinished(task_id, worker_id, None if times is None else times[1] - times[0], at)])
         values = self._results.pop(task_id, None)
         if values is not None:  # not accepted (a stale or cancelled attempt): free its copies
             self._producers.pop(task_id, None)
@@ -211,10 +213,10 @@ class Head:
                 self.transport.free(node_id, [r for r, v in zip(return_ids(task_id, len(values)), values)
                                               if type(v) is Remote])
 
-    def task_failed(self, worker_id, task_id, failure, retryable=False, cancelled=False, times=None):
+    def task_failed(self, worker_id, task_id, failure, retryable=False, cancelled=False, times=None, at=None):
         if times is not None:
             self.tasklog.reported(worker_id, task_id, times)
-        self._feed([ev.TaskErrored(task_id, worker_id, failure, retryable, cancelled)])
+        self._feed([ev.TaskErrored(task_id, worker_id, failure, retryable, cancelled, at)])
 
     def task_rejected(self, worker_id, task_id):
         self._feed([ev.TaskRejected(task_id, worker_id)])
@@ -378,6 +380,8 @@ class Head:
                 log.info("retrying task %s (attempt %d): %s", command.task_id, command.attempt, command.reason)
             elif kind is cmd.InterruptTask:
                 transport.interrupt(command.worker_id, command.task_id, command.force)
+            elif kind is cmd.RecallTasks:
+                transport.recall(command.worker_id, command.task_ids)
             elif kind is cmd.StartWorker:
                 transport.start_worker(command.node_id)
             elif kind is cmd.StopWorker:

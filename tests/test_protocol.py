@@ -61,6 +61,7 @@ VALID_BODIES = {
     "part": [0, 1 << 20],
     "worker_died": ["w1", "killed by signal SIGKILL"],
     "worker_ready": ["w1"],
+    "recalled": ["w1", ["t1", "t2"]],
     "welcome": ["head", 0.5, 5],
     "registered": [1, 5],
     "reregister": [],
@@ -74,6 +75,7 @@ VALID_BODIES = {
     "start_worker": [],
     "stop_worker": ["w1"],
     "signal_worker": ["w1", "t1", False],
+    "recall": ["w1", ["t1", "t2"]],
     "error": ["bad"],
 }
 

@@ -1,5 +1,5 @@
 """The sans-I/O scheduler shared by every Orion runtime (see ``state.py``)."""
-from .commands import (Dispatch, FailTask, InterruptTask, Publish, ReleaseObject, Retry, StartWorker,
+from .commands import (Dispatch, FailTask, InterruptTask, Publish, RecallTasks, ReleaseObject, Retry, StartWorker,
                        StopWorker)
 from .events import (CancelRequested, Failure, InputLost, NodeJoined, NodeLost, ObjectLocated, ObjectLost,
                      ObjectPut, ObjectsReleased, TaskErrored, TaskFinished, TaskRejected, TaskSpec, TaskSubmitted,

@@ -59,6 +59,18 @@ class InterruptTask:
 
 
 @dataclass(slots=True)
+class RecallTasks:
+    """Ask a worker to send back the tasks queued behind the one it runs
+    (pipelining) that it has not started: each comes back as a
+    ``TaskRejected``. The one it runs has been running a while and other
+    workers are idle."""
+
+    worker_id: str
+    node_id: str
+    task_ids: tuple
+
+
+@dataclass(slots=True)
 class StartWorker:
     """The node has free resources and queued work but no idle worker (its
     workers are blocked in ``get``): start one more."""

@@ -71,11 +71,14 @@ class ObjectPut:
 @dataclass(slots=True)
 class TaskFinished:
     """A worker reports that ``task_id`` returned normally, after running it
-    ``duration`` seconds (when known: it sizes pipelining, see the scheduler)."""
+    ``duration`` seconds (when known: it sizes pipelining, see the scheduler).
+    ``at``: when the runtime heard of it (its monotonic clock), or None; with
+    it, a worker left idle can recall tasks queued behind a slow one."""
 
     task_id: str
     worker_id: str
     duration: float | None = None
+    at: float | None = None
 
 
 @dataclass(slots=True)
@@ -90,6 +93,7 @@ class TaskErrored:
     failure: Failure
     retryable: bool = False
     cancelled: bool = False
+    at: float | None = None  # as TaskFinished.at
 
 
 @dataclass(slots=True)

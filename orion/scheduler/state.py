@@ -23,7 +23,9 @@ commands (``orion.scheduler.commands``) its owner must carry out. It owns:
   of each large object (``ObjectLocated``), so a task goes where most of its
   input bytes already are, and what happens when every copy is gone
   (``ObjectLost``: its consumers wait while the owner re-runs the producer,
-  or fail) or a worker cannot fetch an input (``InputLost``).
+  or fail) or a worker cannot fetch an input (``InputLost``);
+* recall (see "Recall"): tasks queued behind a task that runs long, while
+  another worker sits idle, are asked back (``RecallTasks``).
 
 It has no threads, sockets, clocks or pickles: owners call it from one thread
 (or under one lock), which keeps it deterministic and unit-testable.
@@ -54,6 +56,9 @@ _EPSILON = 1e-9
 # busy worker (see Scheduler._pipeline_limit).
 PIPELINE_BUDGET = 0.002
 _UNKNOWN_RUN_TIME_LIMIT = 2
+# Recall: a worker idle this long (seconds) with nothing to run has the tasks
+# queued behind a task that ran all that time asked back (Scheduler "Recall").
+RECALL_AFTER = 0.01
 _RUN_TIME_WEIGHT = 0.2  # of the newest run in the moving average
 _MAX_TRACKED_NAMES = 10_000  # task names with statistics (a bound for generated names)
 _MAX_CACHED_SHAPES = 4_096  # demand dicts whose shape is remembered (see Scheduler._shape)
@@ -164,7 +169,7 @@ class _Node:
 
 class _Worker:
     __slots__ = ("worker_id", "node_id", "task_id", "queued", "blocked", "sent_back", "seq", "depth",
-                 "version", "dirty", "waits", "suspended", "blocked_at")
+                 "version", "dirty", "waits", "suspended", "blocked_at", "moved_at", "idle_since", "recalled")
 
     def __init__(self, worker_id, node_id, seq=0, depth=0):
         self.worker_id = worker_id
@@ -177,6 +182,11 @@ class _Worker:
         self.queued = []  # ASSIGNED tasks queued behind task_id, in order (pipelining)
         self.blocked = False
         self.blocked_at = 0.0  # when it last reported blocked (WorkerBlocked.at)
+        # Recall: when it last started or ended a task (the scheduler's latest
+        # time then), and when it went idle with nothing to run (None: not so).
+        self.moved_at = 0.0
+        self.idle_since = None
+        self.recalled = None  # ids asked back and not answered yet (a set), or None
         # It sent a queued task back (TaskRejected): its task waits in get, maybe
         # not reported yet (the worker rejects just before it reports blocked).
         # Queue nothing behind it until it unblocks or its task ends.
@@ -218,18 +228,24 @@ def _registration_order(node):
 class Scheduler:
     """See the module docstring. ``policy`` names a placement policy."""
 
-    def __init__(self, policy="least_loaded", adaptive_pipelining=False, extra_worker_delay=0.0):
+    def __init__(self, policy="least_loaded", adaptive_pipelining=False, extra_worker_delay=0.0,
+                 recall_after=RECALL_AFTER):
         """``adaptive_pipelining``: size each pipeline by the task's name (see
         ``_pipeline_limit``); off, every pipelining node queues up to its depth.
         ``extra_worker_delay``: seconds a worker must have been blocked in get
         before its node asks for an extra worker for the resources it lent
-        (see ``_may_grow``); 0: at once."""
+        (see ``_may_grow``); 0: at once. ``recall_after``: seconds a worker
+        sits idle before tasks queued behind a slow one are asked back (see
+        "Recall"); None: never."""
         self.policy = make_policy(policy)
         self.adaptive_pipelining = adaptive_pipelining
         self.extra_worker_delay = extra_worker_delay
+        self.recall_after = recall_after
         self._shapes = {}  # id(demand dict) -> (the dict, its shape): see _shape
         self._now = 0.0  # the latest time an event brought (WorkerBlocked.at, Tick.now)
         self._young = []  # heap of (due, worker id, blocked at): blocked workers not lending yet
+        self._idle = []  # heap of (due, worker id, idle since): idle workers that may recall (see "Recall")
+        self._timed = False  # a report came with its time (TaskFinished.at): recall can work
         self._tasks = {}
         self._objects = {}
         self._nodes = {}
@@ -299,13 +315,23 @@ class Scheduler:
     def next_deadline(self):
         """When the runtime should feed a ``Tick`` (its monotonic clock), or
         None: the first time a blocked worker becomes old enough for its node
-        to ask for an extra worker."""
-        young = self._young
+        to ask for an extra worker, or an idle worker may recall tasks."""
+        young, idle = self._young, self._idle
+        if not young and not idle:
+            return None
         while young:
             if self._still_blocked(young[0]) is not None:
-                return young[0][0]
+                break
             heappop(young)  # unblocked (or gone) since
-        return None
+        while idle:
+            if self._still_idle(idle[0]) is not None:
+                break
+            heappop(idle)  # busy (or gone) since
+        if young and idle:
+            return min(young[0][0], idle[0][0])
+        if young:
+            return young[0][0]
+        return idle[0][0] if idle else None
 
     # -------------------------------------------------------------- queries
     def task_state(self, task_id):
@@ -423,6 +449,10 @@ class Scheduler:
         task = self._running_task(event.task_id, event.worker_id)
         if task is None:
             return  # a stale report (evicted worker, retried task): first finisher won
+        at = event.at
+        if at is not None and at > self._now:
+            self._now = at
+            self._timed = True
         if event.duration is not None:
             self._note_run_time(task.spec.name, event.duration)
         self._free_worker(event.worker_id, event.task_id, finished=True)
@@ -452,6 +482,10 @@ class Scheduler:
         task = self._running_task(event.task_id, event.worker_id)
         if task is None:
             return
+        at = event.at
+        if at is not None and at > self._now:
+            self._now = at
+            self._timed = True
         self._free_worker(event.worker_id, event.task_id)
         if task.cancel_requested or event.cancelled:
             self._fail(task, _cancelled(task))
@@ -549,14 +583,30 @@ class Scheduler:
 
     def _on_tick(self, event):
         """Blocked workers that have now waited long enough let their nodes
-        ask for extra workers: look at those nodes again."""
+        ask for extra workers: look at those nodes again. Idle workers that
+        have waited long enough recall tasks (see "Recall")."""
         self._now = max(self._now, event.now)
         young = self._young
         while young and young[0][0] <= self._now:
             worker = self._still_blocked(heappop(young))
             if worker is not None:
                 self._node_changed(self._nodes[worker.node_id])
+        idle, since = self._idle, None
+        while idle and idle[0][0] <= self._now:
+            worker = self._still_idle(heappop(idle))
+            if worker is not None:
+                since = worker.idle_since if since is None else max(since, worker.idle_since)
+        if since is not None:
+            self._recall(since)
         self._schedule()
+
+    def _still_idle(self, entry):
+        """The worker of an ``_idle`` entry if it is still idle since then, else None."""
+        _, worker_id, since = entry
+        worker = self._workers.get(worker_id)
+        if worker is not None and worker.task_id is None and worker.idle_since == since:
+            return worker
+        return None
 
     def _still_blocked(self, entry):
         """The worker of a ``_young`` entry if it is still in the get that entry
@@ -613,6 +663,19 @@ class Scheduler:
     def _on_rejected(self, event):
         task = self._tasks.get(event.task_id)
         worker = self._workers.get(event.worker_id)
+        recalled = worker is not None and bool(worker.recalled) and event.task_id in worker.recalled
+        if recalled:
+            worker.recalled.discard(event.task_id)
+        if recalled and task is not None and task.state == RUNNING and worker.task_id == event.task_id \
+                and task.worker_id == event.worker_id and not worker.blocked:
+            # Recalled: the task before it ended (and so it runs there, in our
+            # books) while the worker gave it back unstarted, answering a
+            # RecallTasks on another path than its report. The worker knows best.
+            self._free_worker(worker.worker_id, event.task_id)
+            task.attempt -= 1  # (counted when it took over from the one before)
+            self._requeue_unstarted(task)
+            self._schedule()
+            return
         if task is None or task.state != ASSIGNED or worker is None or not self._unassign(worker, event.task_id):
             return
         worker.sent_back = True
@@ -1141,6 +1204,8 @@ class Scheduler:
         worker_id = node.idle.pop()
         worker = self._workers[worker_id]
         worker.task_id = task.spec.task_id
+        worker.moved_at = self._now
+        worker.idle_since = None
         node.acquire(task.spec.demand)
         node.running += 1
         self._node_changed(node)
@@ -1157,6 +1222,9 @@ class Scheduler:
         if task_id is not None and task_id != worker.task_id:
             self._drop_suspended(worker, task_id)
             return
+        worker.moved_at = self._now
+        if worker.recalled:
+            worker.recalled.discard(worker.task_id)  # it ran here after all
         node = self._nodes[worker.node_id]
         task = self._tasks[worker.task_id]
         if worker.blocked:
@@ -1183,6 +1251,36 @@ class Scheduler:
             return
         node.running -= 1
         node.idle.append(worker_id)
+        if self._timed and self.recall_after is not None:
+            # (If _schedule gives it a task at once, this entry is dropped unused.)
+            worker.idle_since = self._now
+            heappush(self._idle, (self._now + self.recall_after, worker_id, self._now))
+
+    # ------------------------------------------------------------- recall
+    # Pipelining queues tasks behind a busy worker's task by its name's average
+    # run time, which cannot foresee one run that takes much longer: the tasks
+    # behind it would wait for it while other workers sit idle (Dask steals
+    # such work). So a worker that goes idle (``_free_worker``; the time is the
+    # latest report's, ``TaskFinished.at``) and finds nothing to run waits ``recall_after``
+    # (a Tick); if it is still idle then, every worker that has tasks queued
+    # and has not started or ended a task since that worker went idle is asked
+    # for them back (``RecallTasks``): its task has run at least that long.
+    # The worker sends back those it has not started (``TaskRejected``, to the
+    # front of the queue, as a worker blocked in get does) and is queued
+    # nothing more until its task ends (``sent_back``).
+    def _recall(self, since):
+        """Ask back what waits behind the tasks that ran all the time since ``since``."""
+        for worker in self._workers.values():
+            # (Not from a worker running tasks inside a get: those queued there are
+            # the get's own, see "Helping".)
+            if worker.queued and worker.task_id is not None and worker.moved_at < since \
+                    and not worker.blocked and not worker.sent_back and not worker.suspended:
+                worker.sent_back = True  # nothing more behind it until its task ends
+                if worker.recalled is None:
+                    worker.recalled = set()
+                worker.recalled.update(worker.queued)
+                self._worker_changed(worker)
+                self._out.append(cmd.RecallTasks(worker.worker_id, worker.node_id, tuple(worker.queued)))
 
     # ------------------------------------------------------------ helping
     # A task that waits in ``get`` for tasks it submitted gives its resources

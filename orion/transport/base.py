@@ -23,6 +23,12 @@ class HeadTransport:
         """Cancel a running task: KeyboardInterrupt in it, or kill the worker."""
         raise NotImplementedError
 
+    def recall(self, worker_id, task_ids):
+        """Ask the worker to send back those of ``task_ids`` (queued behind the
+        task it runs) that it has not started: ``task_rejected`` for each.
+        Only pipelining nodes queue tasks on workers."""
+        raise NotImplementedError
+
     def start_worker(self, node_id):
         """Ask ``node_id`` for one more worker (it joins with ``worker_joined``)."""
         raise NotImplementedError

@@ -62,6 +62,7 @@ SCHEMAS = {
     "register": ((_S,), (_D,), (_I,), (_S,), (_I,), (_D,)),
     "worker_died": ((_S,), (_S,)),  # worker id, reason
     "worker_ready": ((_S,),),  # a retired worker process the node kept is available again
+    "recalled": ((_S,), (_L,)),  # worker id, [task ids] it sent back unstarted, asked to (recall)
     # head -> peers
     "welcome": ((_S,), (_NUM + (_N,)), (_I,)),  # head id, heartbeat interval, liveness
     "registered": ((_NUM), (_I,)),  # heartbeat interval, liveness
@@ -78,6 +79,8 @@ SCHEMAS = {
     "start_worker": (),
     "stop_worker": ((_S,),),
     "signal_worker": ((_S,), (_S,), (_BOOL,)),  # worker id, task id, force (kill) or interrupt
+    # worker id, [task ids]: those of them queued on it and not started, back please
+    "recall": ((_S,), (_L,)),
     "error": ((_S,),),
     # peers -> an object server (a node's, or a driver's: orion.store.transfer)
     "fetch": ((_S,),),  # object id

@@ -176,6 +176,11 @@ class ZmqHeadTransport(HeadTransport):
         if node is not None:
             self.singles.append((node.identity, protocol.encode("signal_worker", [worker_id, task_id, force])))
 
+    def recall(self, worker_id, task_ids):
+        node = self.server.node_of_worker(worker_id)
+        if node is not None:
+            self.singles.append((node.identity, protocol.encode("recall", [worker_id, list(task_ids)])))
+
     def start_worker(self, node_id):
         node = self.server.nodes.get(node_id)
         if node is not None and node.alive:
@@ -263,7 +268,7 @@ class HeadServer:
         self._sends = 0  # messages sent on the router so far (see serve)
         self._handlers = {
             "hello": self._on_hello, "goodbye": self._on_goodbye, "heartbeat": self._on_heartbeat,
-            "register": self._on_register, "worker_died": self._on_worker_died,
+            "register": self._on_register, "worker_died": self._on_worker_died, "recalled": self._on_recalled,
             "worker_ready": self._on_worker_ready, "submit": self._on_submit,
             "put": self._on_put, "subscribe": self._on_subscribe, "cancel": self._on_cancel,
             "release": self._on_release, "nodes": self._on_nodes, "blocked": self._on_blocked,
@@ -665,6 +670,17 @@ class HeadServer:
         if pending and worker_id in pending:
             pending.remove(worker_id)
 
+    def _on_recalled(self, identity, body, buffers):
+        """Tasks a worker of this node sent back unstarted, asked to (``recall``)."""
+        node = self._peer_node(identity)
+        check(node is not None, "only a registered node returns recalled tasks")
+        node.last_seen = time.monotonic()
+        worker_id, task_ids = body
+        check(worker_id in node.workers, f"worker {worker_id} is not one of node {node.node_id}'s")
+        check(all(type(task_id) is str for task_id in task_ids), "recalled task ids must be strings")
+        for task_id in task_ids:
+            self.head.task_rejected(worker_id, task_id)
+
     def _on_submit(self, identity, body, buffers):
         functions, tasks = body
         cursor = protocol.BufferCursor(buffers)
@@ -771,6 +787,7 @@ class HeadServer:
         """One or more finished tasks of one worker (it batches those it ran back to back)."""
         worker_id = self._peer_worker(identity)
         node_id = self.worker_nodes[worker_id]
+        at = time.monotonic()
         for task_id, values, times in wire.decode_done(body[0], buffers):
             expected = self.head.scheduler.return_count(task_id)
             if expected is not None and expected != len(values):
@@ -780,10 +797,11 @@ class HeadServer:
                 self.head.task_failed(worker_id, task_id, Failure(
                     "task_error", f"worker {worker_id} sent {len(values)} results for a task with {expected}"))
                 continue
-            self.head.task_done(worker_id, task_id, values, times, node_id)
+            self.head.task_done(worker_id, task_id, values, times, node_id, at)
 
     def _on_failed(self, identity, body, buffers):
         worker_id = self._peer_worker(identity)
         task_id, failure, retryable, cancelled, times = body
         times = wire.decode_times(times)
-        self.head.task_failed(worker_id, task_id, wire.decode_failure(failure), retryable, cancelled, times)
+        self.head.task_failed(worker_id, task_id, wire.decode_failure(failure), retryable, cancelled, times,
+                              time.monotonic())

@@ -51,12 +51,20 @@ def _exit_reason(returncode):
 
 
 class _WorkerProcess:
-    __slots__ = ("worker_id", "process", "retiring")
+    """One worker process: the node writes requests to its stdin (``interrupt
+    <task id>``, ``recall <task id>...``) and reads its answers (``recalled
+    <task id>...``) from ``replies``, a pipe of its own (fd passed as
+    ``ORION_NODE_REPLY_FD``): its socket to the head has one owner, the
+    thread that runs its tasks, which is busy when the node asks."""
 
-    def __init__(self, worker_id, process):
+    __slots__ = ("worker_id", "process", "retiring", "replies", "partial")
+
+    def __init__(self, worker_id, process, replies=None):
         self.worker_id = worker_id
         self.process = process
         self.retiring = False
+        self.replies = replies  # read end of its reply pipe (None once closed)
+        self.partial = b""  # an answer's start, until its newline comes
 
 
 class NodeAgent:
@@ -100,6 +108,8 @@ class NodeAgent:
         self._numbers = itertools.count(1)
         self._exits = queue.SimpleQueue()  # (worker id, returncode) from the waiter threads
         self._wake_read, self._wake_write = os.pipe()
+        self._poller = zmq.Poller()  # the loop's: the wake pipe, both sockets, the workers' reply pipes
+        self._reply_pipes = {}  # read fd -> worker id
         self._stopping = False
         self._thread = None
 
@@ -151,7 +161,7 @@ class NodeAgent:
 
     def _serve(self):
         self._connect()
-        poller = zmq.Poller()
+        poller = self._poller
         poller.register(self._wake_read, zmq.POLLIN)
         poller.register(self.object_server.socket, zmq.POLLIN)
         backoff = self.interval
@@ -166,6 +176,8 @@ class NodeAgent:
                 self._reap()
             if self.object_server.socket in ready:
                 self.object_server.handle_ready()
+            for fd in [fd for fd in ready if fd in self._reply_pipes]:
+                self._read_replies(self._reply_pipes[fd])
             if self.socket in ready:
                 while True:
                     try:
@@ -260,6 +272,18 @@ class NodeAgent:
                         worker.process.stdin.flush()
                     except OSError:
                         pass  # it is exiting; its death gets reported
+        elif msg_type == "recall":
+            worker_id, task_ids = body
+            worker = self.workers.get(worker_id)
+            # Ids go on one line, space-separated: anything else cannot be an id.
+            task_ids = [i for i in task_ids if isinstance(i, str) and i.isascii() and i and not any(
+                c.isspace() for c in i)]
+            if worker is not None and task_ids and worker.process.poll() is None:
+                try:
+                    worker.process.stdin.write(f"recall {' '.join(task_ids)}\n".encode())
+                    worker.process.stdin.flush()
+                except OSError:
+                    pass  # it is exiting; its death gets reported (and its tasks requeued)
         elif msg_type == "free":
             object_ids = [i for i in body[0] if isinstance(i, str)]
             try:
@@ -294,16 +318,60 @@ class NodeAgent:
 
     def _spawn(self):
         worker_id = f"{self.node_id}-w{next(self._numbers)}"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "orion.transport.zmq_worker", self.worker_address, worker_id, self.node_id],
-            stdin=subprocess.PIPE, env=self.worker_env, start_new_session=True)
-        self.workers[worker_id] = _WorkerProcess(worker_id, process)
+        replies, reply_end = os.pipe()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "orion.transport.zmq_worker", self.worker_address, worker_id, self.node_id],
+                stdin=subprocess.PIPE, env={**self.worker_env, "ORION_NODE_REPLY_FD": str(reply_end)},
+                pass_fds=(reply_end,), start_new_session=True)
+        except BaseException:
+            os.close(replies)
+            raise
+        finally:
+            os.close(reply_end)  # the worker's end now
+        # Non-blocking: a descriptor the poll found readable may have been
+        # closed and reused for a new worker's pipe in the same loop.
+        os.set_blocking(replies, False)
+        self.workers[worker_id] = _WorkerProcess(worker_id, process, replies)
+        self._reply_pipes[replies] = worker_id
+        self._poller.register(replies, zmq.POLLIN)
         threading.Thread(target=self._await_exit, args=(worker_id, process), daemon=True,
                          name=f"orion-wait-{worker_id}").start()
 
     def _await_exit(self, worker_id, process):
         self._exits.put((worker_id, process.wait()))
         self._wake()
+
+    def _read_replies(self, worker_id):
+        """Pass on what a worker answered (``recalled <task id>...``) to the head."""
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.replies is None:
+            return
+        try:
+            data = os.read(worker.replies, 65536)
+        except BlockingIOError:
+            return  # nothing there (see _spawn)
+        except OSError:
+            data = b""
+        if not data:  # it exited (its death is reported by its waiter thread)
+            self._close_replies(worker)
+            return
+        lines = (worker.partial + data).split(b"\n")
+        worker.partial = lines.pop()[-65536:]  # (a line without end is bounded: ids are short)
+        for line in lines:
+            command, *task_ids = line.decode("ascii", "replace").split()
+            if command == "recalled" and task_ids and self.registered.is_set():
+                self._send("recalled", [worker_id, task_ids])
+
+    def _close_replies(self, worker):
+        fd, worker.replies = worker.replies, None
+        if fd is not None:
+            self._reply_pipes.pop(fd, None)
+            try:
+                self._poller.unregister(fd)
+            except KeyError:
+                pass
+            os.close(fd)
 
     def _reap(self):
         while True:
@@ -312,6 +380,8 @@ class NodeAgent:
             except queue.Empty:
                 return
             worker = self.workers.pop(worker_id, None)
+            if worker is not None:
+                self._close_replies(worker)  # (whatever it still said: the head requeues its tasks anyway)
             if worker is None or self._stopping:
                 continue
             if worker.process.stdin:
@@ -346,6 +416,7 @@ class NodeAgent:
                 worker.process.wait()
             if worker.process.stdin:
                 worker.process.stdin.close()
+            self._close_replies(worker)
         self.workers.clear()
         if self.socket is not None:
             self.socket.close(linger=500 if said_goodbye else 0)  # let the goodbye leave

@@ -145,6 +145,14 @@ class Worker:
         self._in_get = False
         self._cancel_lock = threading.Lock()  # orders task start/end against interrupts
         self._early_cancels = set()  # tasks cancelled before this worker started them
+        # Recall (see recall): the tasks this worker dealt with lately (started,
+        # skipped or sent back: the head asks back only tasks among the last it
+        # sent us, at most a pipeline deep), those given back before they
+        # arrived, and where the answers go: a pipe to our node.
+        self._handled = collections.deque(maxlen=_HANDLED_KEPT)
+        self._recalled = set()
+        reply_fd = os.environ.get("ORION_NODE_REPLY_FD")
+        self._reply_fd = int(reply_fd) if reply_fd and reply_fd.isdigit() else None
         # What the running task prints goes to its owner (see task_output); so
         # does what its children print, which the head forwards to us.
         self.output = TaskOutput(on_full=self._send_logs_now)
@@ -168,18 +176,25 @@ class Worker:
                 # (after that get they run as any other task; see wait_interruptibly).
                 helping = msg_type == "help"
                 target = self._levels[-1] if helping and self._levels else self._queue
-                for record in body[0]:
-                    dispatch = wire.decode_dispatch(record, buffers)
+                dispatches = [wire.decode_dispatch(record, buffers) for record in body[0]]
+                for dispatch in dispatches:
                     if dispatch[3] is not None:
                         # The head sends a function once per worker: keep it even
                         # if this task is sent back unstarted.
                         self._function_blobs.setdefault(dispatch[2], dispatch[3])
-                    if self._in_get and not helping:
-                        # Our task waits in get: a task queued behind it could be
-                        # what it waits for. Send it back to run elsewhere.
-                        self.send("rejected", [dispatch[0]])
+                # Our task waits in get: a task queued behind it could be what
+                # it waits for. Send it back to run elsewhere.
+                sending_back = self._in_get and not helping
+                with self._cancel_lock:  # (see recall)
+                    if self._recalled:
+                        dispatches = [d for d in dispatches if not self._given_back_before(d[0])]
+                    if sending_back:
+                        self._handled.extend(d[0] for d in dispatches)
                     else:
-                        target.append(dispatch)
+                        target.extend(dispatches)
+                if sending_back:
+                    for dispatch in dispatches:
+                        self.send("rejected", [dispatch[0]])
             elif msg_type == "objects":
                 self.client.store.put_many(wire.decode_entries(body[0], buffers))
             elif msg_type == "logs":
@@ -308,16 +323,67 @@ class Worker:
             self.client.store.put_many(values)  # (the head's copies, when they come, are the same)
 
     def watch_node(self):
-        """Read the node's requests on stdin (``interrupt <task id>``); exit
-        when the node is gone (its end of the pipe closes)."""
+        """Read the node's requests on stdin (``interrupt <task id>``, ``recall
+        <task id>...``); exit when the node is gone (its end of the pipe closes)."""
         try:
             for line in sys.stdin.buffer:
-                command, _, task_id = line.decode("ascii", "replace").strip().partition(" ")
+                command, _, rest = line.decode("ascii", "replace").strip().partition(" ")
                 if command == "interrupt":
-                    self.request_interrupt(task_id)
+                    self.request_interrupt(rest)
+                elif command == "recall":
+                    self.recall(rest.split())
         except (OSError, ValueError):
             pass
         os._exit(0)
+
+    def recall(self, task_ids):
+        """Give back those of ``task_ids`` queued here and not started: the
+        node passes ``recalled <task id>...`` on to the head (this thread may
+        not use the socket: the task running on the main thread owns it)."""
+        if self._reply_fd is None:
+            return  # no way to say so: keep them (they run here, later)
+        recalled = []
+        # The main thread receives, queues and starts tasks under this lock too.
+        with self._cancel_lock:
+            queued = {dispatch[0]: dispatch for dispatch in list(self._queue)}
+            helping = {dispatch[0] for level in list(self._levels) for dispatch in list(level)}
+            handled = set(self._handled)
+            for task_id in task_ids:
+                if task_id == self._task_id or task_id in handled or task_id in helping \
+                        or task_id in self._suspended:
+                    continue  # it runs, ran, went back already or runs inside a get here
+                dispatch = queued.get(task_id)
+                if dispatch is not None:
+                    self._queue.remove(dispatch)
+                else:
+                    # Still on its way (we read the socket only between tasks):
+                    # drop it when it comes.
+                    if len(self._recalled) > 10_000:
+                        self._recalled.clear()  # (ids that never came: cannot grow without bound)
+                    self._recalled.add(task_id)
+                recalled.append(task_id)
+        if recalled:
+            try:
+                os.write(self._reply_fd, f"recalled {' '.join(recalled)}\n".encode())
+            except OSError:
+                pass  # the node is gone: so are we, in a moment (stdin closes)
+
+    def _given_back_before(self, task_id):
+        """Whether ``task_id`` was recalled before it came (it is then dropped)."""
+        if task_id in self._recalled:
+            self._recalled.discard(task_id)
+            return True
+        return False
+
+    def _next_queued(self, sending_back=False):
+        """The next task queued here (pipelining), or None (see ``recall``)."""
+        with self._cancel_lock:
+            if not self._queue:
+                return None
+            dispatch = self._queue.popleft()
+            if sending_back:
+                self._handled.append(dispatch[0])
+            return dispatch
 
     def request_interrupt(self, task_id):
         """Cancel ``task_id``: interrupt it if it runs, skip it if it has not started."""
@@ -370,6 +436,7 @@ class Worker:
         with self._cancel_lock:
             skip = task_id in self._early_cancels
             self._early_cancels.discard(task_id)
+            self._handled.append(task_id)
             if not skip:
                 self._task_id = task_id
         if skip:
@@ -518,8 +585,8 @@ class Worker:
             if self._dones:
                 self._send_dones()  # what it waits for may be among them
             self._in_get = True
-            while self._queue:
-                self.send("rejected", [self._queue.popleft()[0]])
+            while (dispatch := self._next_queued(sending_back=True)) is not None:
+                self.send("rejected", [dispatch[0]])
             self.send("blocked", [list(waits) if len(waits) <= protocol.MAX_WAITS else []])
         else:
             self._in_get = False
@@ -527,8 +594,8 @@ class Worker:
 
     def _run_queued(self):
         """Run the tasks queued here back to back, then report them together."""
-        while self._queue:
-            self._run(self._queue.popleft())
+        while (dispatch := self._next_queued()) is not None:
+            self._run(dispatch)
         self._report()
 
     def _report(self):
@@ -599,6 +666,11 @@ class Worker:
                 target.flush()
             except (OSError, ValueError, AttributeError):
                 pass
+
+
+# Ids of the tasks dealt with lately that a worker keeps (see Worker.recall):
+# far more than any pipeline is deep.
+_HANDLED_KEPT = 4096
 
 
 def _cancelled(name):
