@@ -20,6 +20,15 @@ later report of that worker; a dispatch it gets while in get is sent back too.
 A lost worker's queue is dropped (the scheduler requeues it, in order, at the
 front). Stale TaskRejected events are injected.
 
+In timed runs reports carry their time (``TaskFinished.at``), time moves on,
+and the driver feeds a ``Tick`` when ``next_deadline`` is due, so idle
+workers recall tasks queued behind others (``RecallTasks``). A recalled
+worker gives back, in order, every task of its queue it has not started: the
+answers travel apart from its reports (a "recallbox", delivered at random
+times), so the head may first hear that the task before them ended and count
+the first given-back task as running there (a "phantom", which never runs and
+ends when its answer comes).
+
 In ``objects`` mode the cluster also stores large objects: the driver reports
 copies of ready objects on random nodes (``ObjectLocated``, some for dead nodes
 or released objects, which must be ignored), its workers report ``InputLost``
@@ -52,9 +61,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orion.scheduler import (CancelRequested, Dispatch, FailTask, Failure, InputLost, InterruptTask, NodeJoined,
-                             NodeLost, ObjectLocated, ObjectLost, ObjectPut, ObjectsReleased, Publish, ReleaseObject,
-                             Retry, Scheduler, StartWorker, StopWorker, TaskErrored, TaskFinished, TaskRejected,
-                             TaskSpec, TaskSubmitted, WorkerBlocked, WorkerJoined, WorkerLost, WorkerUnblocked)
+                             NodeLost, ObjectLocated, ObjectLost, ObjectPut, ObjectsReleased, Publish, RecallTasks,
+                             ReleaseObject, Retry, Scheduler, StartWorker, StopWorker, TaskErrored, TaskFinished,
+                             TaskRejected, TaskSpec, TaskSubmitted, Tick, WorkerBlocked, WorkerJoined, WorkerLost,
+                             WorkerUnblocked)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -86,11 +96,12 @@ class Task:
         self.dispatched = False
         self.running_on = None  # worker id
         self.assigned_to = None  # worker id it is queued on, as the scheduler sees it (pipelining)
+        self.phantom = False  # "running" in the scheduler's books only: given back, answer not heard yet
         self.final = None  # ("published",) or ("failed", Failure)
 
 
 class Sim:
-    def __init__(self, seed, busy_pipelines=False, objects=False):
+    def __init__(self, seed, busy_pipelines=False, objects=False, timed=False):
         """``busy_pipelines``: every node pipelines, and bursts of tasks with few
         inputs and few demand shapes keep them busy (long backlogs).
         ``objects``: large objects are located, inputs and puts lost (see the
@@ -99,6 +110,8 @@ class Sim:
         rng = self.rng = random.Random(seed)
         self.policy = rng.choice(["least_loaded", "round_robin"])
         self.s = Scheduler(self.policy)
+        self.timed = timed  # reports carry times, Ticks come: recall (see the module docstring)
+        self.now = 1.0
         self.step = 0
         self.log = []
 
@@ -131,7 +144,8 @@ class Sim:
         self.stats = {"assigned": 0, "promoted": 0, "rejected": 0, "stale_rejects": 0, "lost_assigned": 0,
                       "interrupt_assigned": 0, "max_queue": 0,
                       "lost_queues": 0, "block_rejects": 0, "located": 0, "local_choices": 0,
-                      "input_lost_running": 0, "input_lost_assigned": 0, "lost_puts": 0, "lost_put_failures": 0}
+                      "input_lost_running": 0, "input_lost_assigned": 0, "lost_puts": 0, "lost_put_failures": 0,
+                      "recalls": 0, "recalled": 0, "phantoms": 0}
         self.pending_joins = []  # (worker id, node id)
         self.pending_kills = []  # worker ids the owner must kill (forced cancel)
         self.lost_queues = []  # queued tasks of workers lost before the next event, each worker's in order
@@ -216,7 +230,8 @@ class Sim:
         """The tasks queued on a worker as the scheduler sees them, in order: those
         it sent back (or will) but the scheduler has not heard of yet come first."""
         w = self.workers[worker_id]
-        return [m[1] for m in w["outbox"] if m[0] == "reject"] + w["queue"]
+        return ([m[1] for m in w["outbox"] if m[0] == "reject"] + [r for r in w["recallbox"] if r != w["task"]]
+                + w["queue"])
 
     def new_worker(self, node_id):
         self.next_worker += 1
@@ -317,6 +332,21 @@ class Sim:
             t.interrupted = True
             if c.force:
                 self.pending_kills.append(c.worker_id)
+        elif isinstance(c, RecallTasks):
+            w = self.workers.get(c.worker_id)
+            self.check(self.timed, f"recall in a run without times: {c}")
+            self.check(w is not None and w["node"] == c.node_id, f"recall from unknown worker: {c}")
+            self.check(w["task"] is not None and not w["blocked"] and not w["sent_back"], f"bad recall {c} of {w}")
+            self.check(sorted(c.task_ids) == sorted(self.queued_on(c.worker_id)) and c.task_ids,
+                       f"recall of {c.task_ids}, queued there: {self.queued_on(c.worker_id)}")
+            self.stats["recalls"] += 1
+            # The worker gives back, in order, what it has not started (those it
+            # sent back already, in its outbox, are not its to give again).
+            given = [task_id for task_id in w["queue"] if task_id in c.task_ids]
+            w["recallbox"] += given
+            w["queue"] = [task_id for task_id in w["queue"] if task_id not in c.task_ids]
+            w["sent_back"] = True
+            self.stats["recalled"] += len(given)
         elif isinstance(c, StartWorker):
             self.check(c.node_id in self.alive, f"StartWorker on dead node {c.node_id}")
             self.new_worker(c.node_id)
@@ -422,8 +452,23 @@ class Sim:
         self.check(not w["outbox"], f"{t.running_on} ends {t.spec.task_id} before its earlier reports")
         worker_id = t.running_on
         w["task"] = None
-        w["blocked"] = w["in_get"] = w["sent_back"] = False
+        w["blocked"] = w["in_get"] = False
+        w["sent_back"] = bool(w["recallbox"])  # (the scheduler queues nothing behind unanswered recalls)
         t.running_on = None
+        self.promote(worker_id)
+
+    def promote(self, worker_id):
+        """The worker's task ended (in the scheduler's books): it takes the first
+        task queued there as the scheduler sees it, which is a phantom if that
+        one was given back (the worker itself does not run it)."""
+        w = self.workers[worker_id]
+        if w["recallbox"]:
+            phantom = self.by_id[w["recallbox"][0]]
+            phantom.assigned_to = None
+            self.start(phantom, worker_id)
+            phantom.phantom = True
+            self.stats["phantoms"] += 1
+            return
         if w["queue"]:
             # The worker starts its first queued task at once (the scheduler must
             # not dispatch it again: apply() fails on a dispatch of a running task).
@@ -465,6 +510,7 @@ class Sim:
         if w["task"] is not None:
             t = self.by_id[w["task"]]
             t.running_on = None
+            t.phantom = False  # (to the scheduler it ran there, and was lost with the worker)
             t.attempts[-1] = "lost"
 
     def deliver(self, worker_id):
@@ -486,6 +532,42 @@ class Sim:
         if t.interrupted:
             self.check(t.final is not None and t.final[0] == "failed" and t.final[1].kind == "cancelled",
                        f"cancelled {t.spec.task_id} sent back: {out}")
+
+    def deliver_recalled(self, worker_id):
+        """Deliver the worker's next answer to a recall: one task it gave back."""
+        w = self.workers[worker_id]
+        task_id = w["recallbox"].pop(0)
+        t = self.by_id[task_id]
+        if t.phantom:
+            self.check(w["task"] == task_id and t.running_on == worker_id, f"phantom {task_id} not on {worker_id}")
+            t.phantom = False
+            t.attempts.pop()  # it never ran
+            t.attempt_failures.pop()
+            t.running_on = None
+            w["task"] = None
+            w["sent_back"] = bool(w["recallbox"])
+            self.promote(worker_id)
+        else:
+            self.check(t.assigned_to == worker_id, f"{worker_id} gives back {task_id}, not queued there")
+            t.assigned_to = None
+            w["sent_back"] = True  # (as for any task sent back: nothing behind it until its task ends)
+        out = self.send(TaskRejected(task_id, worker_id))
+        self.check(not any(isinstance(c, Retry) and c.task_id == task_id for c in out),
+                   f"a recalled task used a retry: {out}")
+        if t.interrupted:
+            self.check(t.final is not None and t.final[0] == "failed" and t.final[1].kind == "cancelled",
+                       f"cancelled {task_id} given back: {out}")
+
+    def act_tick(self):
+        self.now = max(self.now, self.s.next_deadline())
+        self.send(Tick(self.now))
+
+    def at(self):
+        """The time a report carries (None in untimed runs); time moves on."""
+        if not self.timed:
+            return None
+        self.now += self.rng.choice([0.0001, 0.001, 0.003, 0.02])
+        return self.now
 
     def flush(self, worker_id):
         while self.workers[worker_id]["outbox"]:
@@ -521,7 +603,7 @@ class Sim:
 
     def complete(self):
         rng = self.rng
-        running = [t for t in self.tasks if t.running_on is not None]
+        running = [t for t in self.tasks if t.running_on is not None and not t.phantom]
         t = rng.choice(running)
         worker_id = t.running_on
         if self.workers[worker_id]["in_get"] and rng.random() < 0.7:
@@ -533,19 +615,19 @@ class Sim:
             failure = Failure("task_error", "KeyboardInterrupt")
             self.end_attempt(t, "fatal_err", failure)
             self.send(TaskErrored(t.spec.task_id, worker_id, failure, retryable=rng.random() < 0.5,
-                                  cancelled=True))
+                                  cancelled=True, at=self.at()))
         elif r < 0.62:
             self.end_attempt(t, "finish")
-            self.send(TaskFinished(t.spec.task_id, worker_id))
+            self.send(TaskFinished(t.spec.task_id, worker_id, at=self.at()))
         elif r < 0.80:
             failure = Failure("task_error", f"Traceback\nValueError: {t.spec.task_id} #{len(t.attempts)}",
                               payload=(t.spec.task_id, len(t.attempts)))
             self.end_attempt(t, "retry_err", failure)
-            self.send(TaskErrored(t.spec.task_id, worker_id, failure, retryable=True))
+            self.send(TaskErrored(t.spec.task_id, worker_id, failure, retryable=True, at=self.at()))
         elif r < 0.88:
             failure = Failure("task_error", f"fatal {t.spec.task_id}", payload=(t.spec.task_id, "fatal"))
             self.end_attempt(t, "fatal_err", failure)
-            self.send(TaskErrored(t.spec.task_id, worker_id, failure, retryable=False))
+            self.send(TaskErrored(t.spec.task_id, worker_id, failure, retryable=False, at=self.at()))
         else:
             self.lose_worker(worker_id)
             self.send(WorkerLost(worker_id, "crashed"))
@@ -569,8 +651,13 @@ class Sim:
             actions = []
             if self.next_submit < len(self.tasks):
                 actions.append((self.submit_weight, self.submit_next))
-            if any(t.running_on is not None for t in self.tasks):
+            if any(t.running_on is not None and not t.phantom for t in self.tasks):
                 actions.append((5.0, self.complete))
+            recalling = [w for w, info in self.workers.items() if info["recallbox"]]
+            if recalling:
+                actions.append((2.0, lambda: self.deliver_recalled(rng.choice(sorted(recalling)))))
+            if self.timed and self.s.next_deadline() is not None:
+                actions.append((1.0, self.act_tick))
             if self.pending_joins:
                 actions.append((max(3.0, self.submit_weight / 2), self.act_join))
             if self.pending_kills:
@@ -589,7 +676,8 @@ class Sim:
                          if t.final is None]
                 self.fail(f"hang: tasks never end: {stuck}")
             # Noise that alone cannot make progress.
-            busy = [w for w, info in self.workers.items() if info["task"] and not info["in_get"]]
+            busy = [w for w, info in self.workers.items() if info["task"] and not info["in_get"]
+                    and not self.by_id[info["task"]].phantom]
             if busy:
                 actions.append((1.0, lambda: self.act_block(rng.choice(sorted(busy)))))
             live = [t for t in self.tasks if t.submitted and t.final is None]
@@ -628,7 +716,7 @@ class Sim:
         worker_id, node_id = self.pending_joins.pop(self.rng.randrange(len(self.pending_joins)))
         if node_id in self.alive:
             self.workers[worker_id] = {"node": node_id, "task": None, "blocked": False, "queue": [],
-                                       "in_get": False, "outbox": [], "sent_back": False}
+                                       "in_get": False, "outbox": [], "sent_back": False, "recallbox": []}
             out = self.send(WorkerJoined(worker_id, node_id))
         else:
             out = self.send(WorkerJoined(worker_id, node_id))
@@ -661,7 +749,8 @@ class Sim:
     def act_unblock(self, worker_id):
         self.flush(worker_id)
         w = self.workers[worker_id]
-        w["in_get"] = w["blocked"] = w["sent_back"] = False
+        w["in_get"] = w["blocked"] = False
+        w["sent_back"] = bool(w["recallbox"])
         self.send(WorkerUnblocked(worker_id))
 
     def act_cancel(self, t):
@@ -733,8 +822,9 @@ class Sim:
         else:
             task_id = rng.choice(self.tasks).spec.task_id
             worker_id = f"w{rng.randint(1, max(1, self.next_worker))}"
-        if self.by_id[task_id].assigned_to == worker_id:
-            return  # queued there: not stale
+        if self.by_id[task_id].assigned_to == worker_id or \
+                task_id in self.workers.get(worker_id, {}).get("recallbox", ()):
+            return  # queued there, or given back and the answer still to come: not stale
         self.stats["stale_rejects"] += 1
         out = self.send(TaskRejected(task_id, worker_id))
         self.check(out == [], f"stale rejection of {task_id} from {worker_id} gave {out}")
@@ -775,7 +865,7 @@ class Sim:
         for t in self.tasks:
             if not t.spec.dependencies:
                 continue
-            if t.running_on is not None and not self.workers[t.running_on]["in_get"]:
+            if t.running_on is not None and not self.workers[t.running_on]["in_get"] and not t.phantom:
                 result.append(t)
             elif t.assigned_to is not None and t.spec.task_id in self.workers[t.assigned_to]["queue"]:
                 result.append(t)
@@ -894,7 +984,8 @@ class Sim:
                 self.check(abs(info["available"].get(k, 0.0) - total) < EPS,
                            f"{node_id} {k} ends at {info['available']} of {total}")
             self.check(info["running"] == 0, f"{node_id} still running")
-        self.check(not any(w["task"] or w["queue"] or w["outbox"] or w["in_get"] for w in self.workers.values()),
+        self.check(not any(w["task"] or w["queue"] or w["outbox"] or w["in_get"] or w["recallbox"]
+                           for w in self.workers.values()),
                    "a worker still busy")
         self.check(not any(t.assigned_to for t in self.tasks), "a task still queued on a worker")
         self.check(self.released == self.release_requested,
@@ -1031,3 +1122,24 @@ def test_random_sim_does_not_depend_on_the_hash_seed():
         assert result.returncode == 0, result.stderr
         digests.add(result.stdout.strip())
     assert len(digests) == 1, digests
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_random_recall_against_reference_model(chunk):
+    """Timed runs: idle workers recall tasks queued behind others; answers
+    come apart from the workers' reports (phantoms included)."""
+    stats = {}
+    for seed in range(chunk, 240, 4):
+        sim = Sim(seed, busy_pipelines=(seed // 4) % 3 != 0, objects=seed % 3 == 0, timed=True)
+        sim.run()
+        for k, v in sim.stats.items():
+            stats[k] = stats.get(k, 0) + v
+    for k in ("recalls", "recalled", "phantoms", "assigned", "promoted"):
+        assert stats[k], stats
+
+
+@settings(max_examples=40, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=1000, max_value=2**32), st.booleans(), st.booleans())
+def test_random_recall_hypothesis_seeds(seed, busy, objects):
+    Sim(seed, busy_pipelines=busy, objects=objects, timed=True).run()

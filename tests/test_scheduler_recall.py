@@ -140,3 +140,18 @@ def test_two_tasks_given_back_after_the_long_one_ended_leave_the_books_right():
     assert s.counts() == {"pending": 0, "ready": 0, "running": 0, "assigned": 0}
     (info,) = s.nodes()
     assert info["running"] == 0 and info["available"] == {"CPU": 2.0}
+
+
+def test_nothing_is_queued_behind_tasks_given_back_but_not_yet_heard_of():
+    """Until the answer to a recall comes, the head may count a given-back task
+    as running on the worker (after the task before it ended); a task queued
+    behind it would run on the worker before the head expects it, and its
+    report would be taken for a stale one. So none is queued there meanwhile."""
+    s = long_task_with_one_queued()
+    assert s.handle(Tick(1.013)) == [RecallTasks("w1", "n1", ("t3",))]
+    s.handle(TaskFinished("t2", "w1", 1.0, at=1.014))  # t3 "runs" on w1 now, in the head's books
+    sent = []
+    for task_id in ("t7", "t8", "t9", "t10"):
+        sent += dispatched(s.handle(TaskSubmitted(spec(task_id))))
+    assert all(worker == "w2" for _, worker in sent)  # w2 only (w1 is not idle, and takes no queue)
+    assert dispatched(s.handle(TaskRejected("t3", "w1")))  # the answer: w1 takes work again

@@ -632,7 +632,7 @@ class Scheduler:
                 worker.suspended[-1] = (task_id, None, queued)
             return
         worker.blocked = False
-        worker.sent_back = False
+        worker.sent_back = bool(worker.recalled)  # (see _free_worker)
         worker.waits = ()
         node = self._nodes[worker.node_id]
         node.blocked -= 1
@@ -675,6 +675,7 @@ class Scheduler:
             task.attempt -= 1  # (counted when it took over from the one before)
             self._requeue_unstarted(task)
             self._schedule()
+            self._retire_idle_extras(self._node_of(worker.worker_id))
             return
         if task is None or task.state != ASSIGNED or worker is None or not self._unassign(worker, event.task_id):
             return
@@ -1233,7 +1234,10 @@ class Scheduler:
             node.release(task.spec.demand)
         worker.task_id = None
         worker.blocked = False
-        worker.sent_back = False
+        # Nothing more behind it while tasks it was asked back are unanswered:
+        # it may have given back a task we are about to count as started here,
+        # and must not run one we would queue behind that one.
+        worker.sent_back = bool(worker.recalled)
         worker.waits = ()
         self._node_changed(node)
         self._worker_changed(worker)
