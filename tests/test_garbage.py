@@ -235,7 +235,7 @@ def test_zmq_garbage_does_not_hurt_the_head():
         send_zmq_garbage(info.address)
         check_head_serves(info.address)
         if server is not None:
-            assert server._thread.is_alive()
+            assert server._life.thread.is_alive()
             assert server._bad_messages >= len(GARBAGE)
     finally:
         orion.shutdown()
@@ -339,7 +339,7 @@ def test_fuzzed_messages_from_registered_peers(caplog):
             reply = receive_until(sock, lambda m, r=request_id: m[0] == "nodes_reply" and m[1][0] == 1000 + r,
                                   timeout=30)
             assert reply is not None, "the head stopped answering"
-        assert server._thread.is_alive()
+        assert server._life.thread.is_alive()
         messages = [r.getMessage() for r in caplog.records]
         assert any("dropped a malformed message" in m for m in messages)  # the log is captured
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]

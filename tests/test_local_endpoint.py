@@ -71,7 +71,7 @@ def test_a_head_without_local_endpoint_listens_on_tcp_only():
     server = HeadServer("127.0.0.1", 0)
     try:
         assert server.local_address == server.address
-        assert server._remove_ipc_dir is None
+        assert server._life.remove_ipc_dir is None
     finally:
         server.start()
         server.stop()

@@ -209,13 +209,29 @@ class ZmqHeadTransport(HeadTransport):
         return messages
 
 
+class _Lifecycle:
+    """What a HeadServer needs only to start and to close: apart, so that the
+    server keeps under 30 instance attributes (at 30 or more CPython 3.11
+    stops sharing their keys, and every ``self.x`` of the serve loop and the
+    message handlers gets slower)."""
+
+    __slots__ = ("own_context", "auth", "remove_ipc_dir", "thread")
+
+    def __init__(self, own_context):
+        self.own_context = own_context  # the server made its ZeroMQ context: it terminates it
+        self.auth = None  # the CurveZMQ authenticator, if keys were given
+        self.remove_ipc_dir = None  # finalizer removing the IPC endpoint's directory
+        self.thread = None  # the serve thread, once started
+
+
 class HeadServer:
     def __init__(self, host="127.0.0.1", port=0, *, heartbeat_interval=None, heartbeat_liveness=None,
                  policy="least_loaded", context=None, keys=None, max_message_bytes=None, local_endpoint=False):
         self.interval, self.liveness = heartbeat_settings(heartbeat_interval, heartbeat_liveness)
         security.require_keys_for(host, keys)
         self.head_id = uuid.uuid4().hex[:12]
-        self._own_context = context is None
+        # What start and close need, kept in one attribute (see _Lifecycle).
+        self._life = _Lifecycle(own_context=context is None)
         self.context = context or zmq.Context()
         self.router = self.context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise, never vanish
@@ -228,10 +244,9 @@ class HeadServer:
         # allocated, and its sender disconnected.
         self.router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes or max_message_size())
         self.router.setsockopt(zmq.LINGER, 0)
-        self._auth = None
         if keys is not None:
             keys.as_server(self.router)
-            self._auth = keys.start_authenticator(self.context)
+            self._life.auth = keys.start_authenticator(self.context)
         self.refusals = security.RefusalLog()
         if port:
             self.router.bind(f"tcp://{host}:{port}")
@@ -240,7 +255,6 @@ class HeadServer:
         self.address = f"tcp://{host}:{port}"
         # Where processes of this machine connect (``local_endpoint``: the
         # embedded node's workers): an IPC endpoint when there is one.
-        self._remove_ipc_dir = None
         self.local_address = (self._bind_ipc() if local_endpoint else None) or self.address
         self._monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED | security.HANDSHAKE_EVENTS)
         self._node_fds = {}  # connection fd -> id of the node last heard on it
@@ -263,7 +277,6 @@ class HeadServer:
         self.lock = threading.Lock()
         self._stopping = False
         self._closed = False  # the router is closed (send_now must not touch it)
-        self._thread = None
         self._bad_messages = 0
         self._sends = 0  # messages sent on the router so far (see serve)
         self._handlers = {
@@ -303,13 +316,13 @@ class HeadServer:
             return None
         # Removed at close, or at the latest at interpreter exit (a driver
         # ended by Ctrl-C); after SIGTERM or SIGKILL, by cleanup_stale.
-        self._remove_ipc_dir = weakref.finalize(self, remove_dirs, os.getpid(), directory)
+        self._life.remove_ipc_dir = weakref.finalize(self, remove_dirs, os.getpid(), directory)
         return f"ipc://{path}"
 
     # ---------------------------------------------------------- lifecycle
     def start(self):
-        self._thread = threading.Thread(target=self.serve, name="orion-head", daemon=True)
-        self._thread.start()
+        self._life.thread = threading.Thread(target=self.serve, name="orion-head", daemon=True)
+        self._life.thread.start()
         return self
 
     def wake(self):
@@ -328,8 +341,9 @@ class HeadServer:
             os.write(self._wake_write, b"x")
         except OSError:
             pass
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        thread = self._life.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
 
     def wait_for_nodes(self, count, timeout):
         deadline = time.monotonic() + timeout
@@ -417,14 +431,14 @@ class HeadServer:
         self.router.disable_monitor()
         self._monitor.close(linger=0)
         self.router.close(linger=0)
-        if self._auth is not None:
-            self._auth.stop()
+        if self._life.auth is not None:
+            self._life.auth.stop()
         os.close(self._wake_read)
         os.close(self._wake_write)
-        if self._own_context:
+        if self._life.own_context:
             self.context.term()
-        if self._remove_ipc_dir is not None:
-            self._remove_ipc_dir()  # (the finalizer: removes the socket's directory once)
+        if self._life.remove_ipc_dir is not None:
+            self._life.remove_ipc_dir()  # (the finalizer: removes the socket's directory once)
 
     # ---------------------------------------------------------- the loop
     def _drain(self):
