@@ -6,7 +6,9 @@ worker processes, which connect to the head themselves. It heartbeats the
 head and watches the head's heartbeats (Paranoid Pirate): when the head falls
 silent it reconnects with backoff and registers again. A thread per worker
 process waits for its exit and wakes the loop through a pipe, so the head
-learns of a death at once and the node starts a replacement.
+learns of a death at once and the node starts a replacement. The node
+passes the head's requests about a task to its worker on the worker's stdin
+(interrupt, recall) and the worker's answers (recalled) back to the head.
 
 The node also keeps the large objects its workers make (``orion.store``):
 files in a shared-memory directory that its worker processes map directly,

@@ -10,9 +10,13 @@ and waits on the socket. Meanwhile the head may send it the very tasks it
 waits for (``help``): the worker runs them right there, inside the ``get``,
 one level of a stack per waiting task (see "Helping" in the scheduler).
 
-Cancellation arrives as SIGINT from the node: it raises KeyboardInterrupt in
+Cancellation arrives from the node (``interrupt <task id>`` on stdin, read
+by a thread of its own, which signals SIGINT): it raises KeyboardInterrupt in
 the task, unless the worker is inside Orion's own code, where it is noted and
-raised at the way out. The worker exits when its stdin (a pipe from the node)
+raised at the way out. A recall (``recall <task id>...``, see "Recall" in the
+scheduler) takes back tasks queued here that have not started; the answer
+goes to the node on a pipe of its own (the socket belongs to the thread
+running the task). The worker exits when its stdin (a pipe from the node)
 closes: a dead node leaves no orphan workers.
 """
 from __future__ import annotations
