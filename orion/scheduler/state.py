@@ -1281,9 +1281,9 @@ class Scheduler:
     # Pipelining queues tasks behind a busy worker's task by its name's average
     # run time, which cannot foresee one run that takes much longer: the tasks
     # behind it would wait for it while other workers sit idle (Dask steals
-    # such work). So a worker that goes idle (``_free_worker``; the time is the
-    # latest report's, ``TaskFinished.at``) and finds nothing to run waits ``recall_after``
-    # (a Tick); if it is still idle then, every worker that has tasks queued
+    # such work). So a worker that goes idle (``_free_worker``; the time is
+    # the latest report's, ``TaskFinished.at``) and finds nothing to run waits
+    # ``recall_after`` (a Tick); if it is still idle then, every worker that has tasks queued
     # and has not started or ended a task since that worker went idle is asked
     # for them back (``RecallTasks``): its task has run at least that long.
     # The worker sends back those it has not started (``TaskRejected``, to the
