@@ -379,14 +379,15 @@ class Worker:
             return True
         return False
 
-    def _next_queued(self, sending_back=False):
-        """The next task queued here (pipelining), or None (see ``recall``)."""
+    def _next_queued(self):
+        """Take the next task queued here (pipelining), to run or to send back;
+        None when there is none. It counts as dealt with from now on: ``recall``
+        must not give back a task taken off the queue and about to start."""
         with self._cancel_lock:
             if not self._queue:
                 return None
             dispatch = self._queue.popleft()
-            if sending_back:
-                self._handled.append(dispatch[0])
+            self._handled.append(dispatch[0])
             return dispatch
 
     def request_interrupt(self, task_id):
@@ -589,7 +590,7 @@ class Worker:
             if self._dones:
                 self._send_dones()  # what it waits for may be among them
             self._in_get = True
-            while (dispatch := self._next_queued(sending_back=True)) is not None:
+            while (dispatch := self._next_queued()) is not None:
                 self.send("rejected", [dispatch[0]])
             self.send("blocked", [list(waits) if len(waits) <= protocol.MAX_WAITS else []])
         else:
