@@ -149,10 +149,11 @@ class Worker:
         self._in_get = False
         self._cancel_lock = threading.Lock()  # orders task start/end against interrupts
         self._early_cancels = set()  # tasks cancelled before this worker started them
-        # Recall (see recall): the tasks this worker dealt with lately (started,
-        # skipped or sent back: the head asks back only tasks among the last it
-        # sent us, at most a pipeline deep), those given back before they
-        # arrived, and where the answers go: a pipe to our node.
+        # Recall (see recall): the tasks this worker dealt with lately (taken off
+        # its queue to run, or sent back: the head asks back only tasks among the
+        # last it sent us, at most a pipeline deep; never those sent to run inside
+        # a get), those given back before they arrived, and where the answers go:
+        # a pipe to our node.
         self._handled = collections.deque(maxlen=_HANDLED_KEPT)
         self._recalled = set()
         reply_fd = os.environ.get("ORION_NODE_REPLY_FD")
@@ -441,7 +442,6 @@ class Worker:
         with self._cancel_lock:
             skip = task_id in self._early_cancels
             self._early_cancels.discard(task_id)
-            self._handled.append(task_id)
             if not skip:
                 self._task_id = task_id
         if skip:
