@@ -355,7 +355,7 @@ class Driver:
             for i in range(start, min(count, start + BATCH)):
                 task_id = f"{self.prefix}{i:08x}"
                 records.append([task_id, [task_id + "0001"], [], {"CPU": 1.0}, 3, "noop", FUNCTION_ID, 1, False,
-                                ARGS_HEADER, 0])
+                                ARGS_HEADER, 0, []])
             self.socket.send(_pack("submit", [functions, records]))
             functions = []
 

@@ -48,6 +48,19 @@ def _as_ref_list(refs, what):
     return list(refs), False
 
 
+def _nested_only(pickled, args, kwargs):
+    """The ids of refs pickled into the arguments other than as top-level
+    dependencies (a ref may be both), each once, in order."""
+    extra = collections.Counter(pickled)
+    for value in args:
+        if type(value) is ObjectRef:
+            extra[value.id] -= 1
+    for value in kwargs.values():
+        if type(value) is ObjectRef:
+            extra[value.id] -= 1
+    return tuple(object_id for object_id, count in extra.items() if count > 0)
+
+
 # A driver's get of many refs decodes them this many at a time as they arrive
 # (Client._get_in_order).
 GET_WINDOW = 64
@@ -55,6 +68,10 @@ GET_WINDOW = 64
 
 class Client:
     peer_id = "driver"
+    # Arguments travel pickled, so a ref nested in them reaches the task as a
+    # copy that the head must keep alive (TaskRecord.holds); False where they
+    # travel by reference and the ObjectRef itself keeps its object (inproc).
+    nested_refs_travel = True
 
     # Back-pressure: at most this many of a driver's tasks may be unfinished;
     # ``.remote`` blocks beyond it (subclasses that see results arrive count).
@@ -146,15 +163,16 @@ class Client:
         task_id = ids.new_task_id()
         return_ids = ids.return_ids(task_id, options.num_returns)
         name = options.name or remote_function._default_name
-        if nested or deps:  # (a top-level ref pickles too: recorded, it is not an escape)
+        holds = ()
+        if nested or deps:  # (refs pickled into the arguments are recorded: none escapes)
             with LIFETIMES.recording() as pickled:
                 encoded = self._encode_args(args, kwargs, name)
-            if pickled:
-                self._note_escapes(pickled, args, kwargs)
+            if pickled and self.nested_refs_travel:
+                holds = _nested_only(pickled, args, kwargs)
         else:
             encoded = self._encode_args(args, kwargs, name)
         record = TaskRecord(remote_function._function_id, encoded, options.num_returns, options.retry_exceptions,
-                            self.peer_id)
+                            self.peer_id, holds)
         spec = TaskSpec(task_id, return_ids, tuple(deps), options.demand, options.max_retries, name, record,
                         context.current.worker is not None)
         if LIFETIMES.released:  # (once the arguments pickled: the submit goes ahead)
@@ -303,22 +321,10 @@ class Client:
                 self._room.notify_all()
 
     # ------------------------------------------------------- ref lifetimes
-    @staticmethod
-    def _note_escapes(pickled, args, kwargs):
-        """Refs pickled into the arguments other than as top-level dependencies
-        may live on in the task: never release those objects."""
-        extra = collections.Counter(pickled)
-        for value in args:
-            if type(value) is ObjectRef:
-                extra[value.id] -= 1
-        for value in kwargs.values():
-            if type(value) is ObjectRef:
-                extra[value.id] -= 1
-        LIFETIMES.escaped.update(object_id for object_id, count in extra.items() if count > 0)
-
     def _flush_releases(self, with_next_call=False):
         """Objects of ours that no ObjectRef in this process names any more (and
-        that never escaped into a value): free them here and at the head.
+        that never escaped into a value): free them here and at the head
+        (which keeps those that tasks' arguments hold: ``NestedRefs``).
         ``with_next_call``: the caller (a submit) calls the head next; a
         transport may tell the head with that call (``_defer_release``)."""
         released, escaped, prefix = LIFETIMES.released, LIFETIMES.escaped, self._prefix
@@ -343,6 +349,22 @@ class Client:
         self._dropped.update(object_id for object_id in object_ids if object_id not in store)
         store.delete_many(object_ids)
         mappings.release_idle()  # files of large values nothing here uses may be recycled now
+
+    def _to_ask(self, object_ids):
+        """Of ``object_ids`` (not stored here), those to ask the head for: the
+        objects of others, and those of ours that a value brought back after
+        we had let go of them (our tasks' results otherwise come unasked)."""
+        prefix, revived = self._prefix, LIFETIMES.revived
+        if not revived:  # (nearly always: a comprehension is the cheaper pass)
+            return [object_id for object_id in object_ids if not object_id.startswith(prefix)]
+        wanted = []
+        for object_id in object_ids:
+            if not object_id.startswith(prefix):
+                wanted.append(object_id)
+            elif object_id in revived:
+                self._dropped.discard(object_id)  # (its value must now be kept when it comes)
+                wanted.append(object_id)
+        return wanted
 
     def _send_release(self, object_ids):
         """Tell the head these objects may be freed (once no task needs them)."""

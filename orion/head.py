@@ -14,7 +14,9 @@ object directory: size and holders. The head hands that entry to whoever
 needs the value, records new copies, tells holders to free what nothing
 uses any more, and keeps the lineage (the producing task's spec) of every
 large task result still referenced, so that a value lost with its node is
-made again by re-running its task (``_lose``).
+made again by re-running its task (``_lose``). Objects whose refs travel
+inside tasks' arguments outlive their owner's release while a task may use
+them (``nested_refs.NestedRefs``).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import time
 from collections import deque
 
 from .ids import return_ids, task_of
+from .nested_refs import NestedRefs
 from .object_store import Failed, ObjectStore, Remote
 from .observe.tasklog import TaskLog
 from .scheduler import commands as cmd
@@ -48,16 +51,18 @@ class TaskRecord:
     ``args`` is a pair: ``(args, kwargs)`` in-process, ``(header, buffers)``
     serialized over the wire. Its two halves are kept in two slots rather
     than as a tuple of their own: a queued task is 48 bytes smaller (a head
-    may hold a million of them)."""
+    may hold a million of them). ``holds``: the ids of the refs pickled
+    inside the arguments, not as top-level dependencies (``NestedRefs``)."""
 
-    __slots__ = ("function_id", "_args", "_buffers", "num_returns", "retry_exceptions", "owner")
+    __slots__ = ("function_id", "_args", "_buffers", "num_returns", "retry_exceptions", "owner", "holds")
 
-    def __init__(self, function_id, args, num_returns, retry_exceptions, owner):
+    def __init__(self, function_id, args, num_returns, retry_exceptions, owner, holds=()):
         self.function_id = function_id
         self._args, self._buffers = args
         self.num_returns = num_returns
         self.retry_exceptions = retry_exceptions
         self.owner = owner  # peer id of the client that submitted it
+        self.holds = holds
 
     @property
     def args(self):
@@ -91,6 +96,7 @@ class Head:
         self._lineage_uses = {}  # object id -> lineage specs that take it as input (kept while > 0)
         self._producers = {}  # task id -> (spec, node id) of a finished task with large results
         self._rebuilding = set()  # ids of tasks re-run to make lost objects again
+        self.nested = NestedRefs()  # objects whose refs travel inside live tasks' arguments
         self.traffic = {"in": 0, "out": 0}  # bytes through the head's socket (the transport counts)
         self.closing = False  # the whole cluster is shutting down: lost objects are not rebuilt
         self._shared = {}  # function id or task name -> the one copy that tasks point to (memory)
@@ -116,6 +122,8 @@ class Head:
             for return_id in spec.return_ids:
                 owners[return_id] = owner
             self._slim(spec)
+            if spec.payload.holds:
+                self.nested.task_submitted(spec.task_id, spec.payload.holds)
             accepted.append(spec)
         self.tasklog.submitted(accepted)
         self._feed([ev.TaskSubmitted(spec) for spec in accepted])
@@ -190,14 +198,23 @@ class Head:
         self._feed([ev.CancelRequested(task_id, force)])
 
     def release(self, object_ids):
+        """The owner no longer names these objects (see ``NestedRefs`` for
+        those that a task's arguments still hold)."""
+        if self.nested:
+            object_ids = self.nested.releasable(object_ids)
+            if not object_ids:
+                return
         self._feed([ev.ObjectsReleased(tuple(object_ids))])
 
     # ----------------------------------------------------------- worker side
-    def task_done(self, worker_id, task_id, values, times=None, node_id=None, at=None):
+    def task_done(self, worker_id, task_id, values, times=None, node_id=None, at=None, kept=()):
         """``times``: ``(started, finished)`` wall-clock seconds, as the worker ran it.
         A ``Remote`` value stays in the store of ``node_id``, the worker's node.
         ``at``: when the report came (monotonic clock; lets idle workers recall
-        tasks queued behind a slow one, see the scheduler's "Recall")."""
+        tasks queued behind a slow one, see the scheduler's "Recall").
+        ``kept``: refs from the task's arguments that it kept (``NestedRefs``)."""
+        if kept:
+            self.nested.kept(kept)
         if times is not None:
             self.tasklog.reported(worker_id, task_id, times)
         if node_id is not None and any(type(v) is Remote for v in values):
@@ -213,7 +230,10 @@ class Head:
                 self.transport.free(node_id, [r for r, v in zip(return_ids(task_id, len(values)), values)
                                               if type(v) is Remote])
 
-    def task_failed(self, worker_id, task_id, failure, retryable=False, cancelled=False, times=None, at=None):
+    def task_failed(self, worker_id, task_id, failure, retryable=False, cancelled=False, times=None, at=None,
+                    kept=()):
+        if kept:
+            self.nested.kept(kept)
         if times is not None:
             self.tasklog.reported(worker_id, task_id, times)
         self._feed([ev.TaskErrored(task_id, worker_id, failure, retryable, cancelled, at)])
@@ -264,6 +284,8 @@ class Head:
             self._plan_rebuild(object_id, why, events, specs, released)
         for spec in specs.values():
             self._rebuilding.add(spec.task_id)
+            if spec.payload.holds:
+                self.nested.task_submitted(spec.task_id, spec.payload.holds)
             log.warning("re-running task %s to rebuild lost object(s) %s", spec.name or spec.task_id,
                         ", ".join(spec.return_ids))
         self.tasklog.submitted(list(specs.values()))
@@ -371,10 +393,14 @@ class Head:
                 if producer is not None:
                     self._record_large(command.return_ids, values, *producer)
                 self._store_all(command.return_ids, values, command.task_id)
+                if self.nested.by_task:
+                    self._let_go(self.nested.task_ended(command.task_id))
             elif kind is cmd.FailTask:
                 tasklog.failed(command.task_id, command.failure, now)
                 failed = Failed(command.failure)
                 self._store_all(command.return_ids, [failed] * len(command.return_ids), command.task_id)
+                if self.nested.by_task:
+                    self._let_go(self.nested.task_ended(command.task_id))
             elif kind is cmd.Retry:
                 tasklog.retried(command.task_id, now)
                 log.info("retrying task %s (attempt %d): %s", command.task_id, command.attempt, command.reason)
@@ -408,6 +434,8 @@ class Head:
                     self.lineage[object_id] = spec
                     for dep in spec.dependencies:
                         self._lineage_uses[dep] = self._lineage_uses.get(dep, 0) + 1
+                    if spec.payload.holds:  # a re-run needs the refs inside its arguments
+                        self.nested.lineage_kept(spec.payload.holds)
 
     def _drop_lineage(self, object_id):
         """``object_id`` was released. Its spec goes unless a kept lineage
@@ -419,6 +447,8 @@ class Head:
             spec = self.lineage.pop(stack.pop(), None)
             if spec is None:
                 continue
+            if spec.payload.holds:
+                self._let_go(self.nested.lineage_dropped(spec.payload.holds))
             for dep in spec.dependencies:
                 uses = self._lineage_uses.get(dep, 0) - 1
                 if uses > 0:
@@ -427,6 +457,11 @@ class Head:
                 self._lineage_uses.pop(dep, None)
                 if dep not in self.store and self.scheduler.object_status(dep) is None:
                     stack.append(dep)  # released already: nothing keeps its lineage now
+
+    def _let_go(self, object_ids):
+        """Releases that waited for the tasks (or lineage) holding these objects."""
+        if object_ids:
+            self.later(ev.ObjectsReleased(tuple(object_ids)))
 
     def _free_copies(self, object_id, entry):
         for holder in entry.holders:

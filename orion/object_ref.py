@@ -21,10 +21,13 @@ class _Lifetimes:
         self._live = {}  # object id -> weakref to its one ObjectRef instance
         self._lock = threading.Lock()
         self.released = collections.deque()  # ids whose ObjectRef died (not yet handled)
-        self.escaped = set()  # ids pickled into values or nested arguments: never released
+        self.escaped = set()  # ids pickled into values (a put, a result): never released
+        # Ids whose live instance was made by unpickling: a ref of ours that a
+        # value brings back after we let go of it must be asked for again.
+        self.revived = set()
         self._recording = threading.local()
 
-    def instance(self, cls, object_id):
+    def instance(self, cls, object_id, unpickled=False):
         with self._lock:
             ref = self._live.get(object_id)
             obj = ref() if ref is not None else None
@@ -32,6 +35,8 @@ class _Lifetimes:
                 obj = object.__new__(cls)
                 obj.id = object_id
                 self._live[object_id] = weakref.ref(obj, lambda ref, oid=object_id: self._died(oid, ref))
+                if unpickled:
+                    self.revived.add(object_id)
             return obj
 
     def _died(self, object_id, ref):
@@ -39,7 +44,13 @@ class _Lifetimes:
         # lock (the dict and deque operations are atomic).
         if self._live.get(object_id) is ref:
             self._live.pop(object_id, None)
+            self.revived.discard(object_id)
             self.released.append(object_id)
+
+    def alive(self, object_id):
+        """Whether an ObjectRef instance for ``object_id`` exists in this process."""
+        ref = self._live.get(object_id)
+        return ref is not None and ref() is not None
 
     def pickled(self, object_id):
         recorder = getattr(self._recording, "ids", None)
@@ -81,7 +92,7 @@ class ObjectRef:
 
     def __reduce__(self):
         LIFETIMES.pickled(self.id)
-        return ObjectRef, (self.id,)
+        return _unpickle, (self.id,)
 
     def future(self):
         """A ``concurrent.futures.Future`` that completes with the value (or error)."""
@@ -93,3 +104,8 @@ class ObjectRef:
         import asyncio
 
         return asyncio.wrap_future(self.future()).__await__()
+
+
+def _unpickle(object_id):
+    """An ObjectRef that arrived inside a pickle (see ``_Lifetimes.revived``)."""
+    return LIFETIMES.instance(ObjectRef, object_id, unpickled=True)

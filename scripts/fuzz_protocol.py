@@ -37,6 +37,7 @@ def fuzz_one(data):
             wire.decode_done(body[0], buffers)
         elif msg_type == "failed":
             wire.decode_failure(body[1])
+            wire.decode_kept(body[5])
     except ProtocolError:
         pass
     # Also feed arbitrary msgpack structures through the record decoders.

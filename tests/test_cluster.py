@@ -9,6 +9,7 @@ processes inherit, so a task can tell which node ran it.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -85,6 +86,21 @@ def tree_sum(lo, hi):
 def fan_out(n):
     values = orion.get([leaf.remote(i) for i in range(n)])
     return sum(v for v, _ in values), set().union(*(t for _, t in values)), os.environ.get("NODE_TAG")
+
+
+@orion.remote
+def filled(size):
+    return bytes(size)
+
+
+@orion.remote
+def total_length(refs):
+    return sum(len(value) for value in orion.get(refs))
+
+
+@orion.remote
+def boxed(refs):
+    return refs
 
 
 # ----------------------------------------------------------------- the cluster
@@ -164,6 +180,27 @@ def test_nested_tasks_across_nodes(driver):
     results = orion.get([fan_out.remote(n) for n in (3, 5, 8, 1)], timeout=30)
     assert [r[0] for r in results] == [sum(i * i for i in range(n)) for n in (3, 5, 8, 1)]
     assert set().union(*(r[1] for r in results)) | {r[2] for r in results} <= set(NODES)
+
+
+def test_refs_nested_in_arguments_are_freed_on_every_node(driver):
+    """A remote driver passes large parts to a reduce as a list of refs: once
+    the reduce is done and the driver drops them, every node frees its copies."""
+    for _ in range(3):
+        parts = [filled.remote(1 << 20) for _ in range(6)]
+        assert orion.get(total_length.remote(parts), timeout=30) == 6 << 20
+        del parts
+    gc.collect()
+    orion.get(node_tag.remote(), timeout=30)  # hands the releases over
+    wait_until(lambda: sum(n["store_bytes"] for n in orion.nodes()) == 0, 20,
+               message=lambda: f"store bytes left: {[n['store_bytes'] for n in orion.nodes()]}")
+    # A ref of ours that comes back inside a result after we let go of it is fetched again.
+    inner = filled.remote(10)
+    box = boxed.remote([inner])
+    del inner
+    gc.collect()
+    orion.get(node_tag.remote(), timeout=30)
+    (back,) = orion.get(box, timeout=30)
+    assert orion.get(back, timeout=30) == bytes(10)
 
 
 def test_killed_worker_task_is_retried_and_worker_replaced(driver, tmp_path):

@@ -45,7 +45,7 @@ def env(msg_type, body=()):
     return pack(PROTOCOL_VERSION, msg_type, list(body))
 
 
-GOOD_RECORD = ["gt1", ["gt1.r0"], [], {"CPU": 1}, 0, "garbage", "gf1", 1, False, b"\x80\x05N.", 0]
+GOOD_RECORD = ["gt1", ["gt1.r0"], [], {"CPU": 1}, 0, "garbage", "gf1", 1, False, b"\x80\x05N.", 0, []]
 
 
 def bad(index, value):
@@ -86,8 +86,8 @@ GARBAGE = [
     [env("done", [[["t-unknown", [[b"\x80\x05N.", 3]], [1.0, 2.0]]]])],
     [env("done", [[["t-unknown", [[b"\x80\x05N.", 0]], [2.0, 1.0]]]])],
     [env("done", [["not a record"]])],
-    [env("failed", ["t-unknown", ["task_error", "boom", None], False, False, [1.0, 2.0]])],
-    [env("failed", ["t-unknown", ["bogus", "boom", None], False, False, [1.0, 2.0]])],
+    [env("failed", ["t-unknown", ["task_error", "boom", None], False, False, [1.0, 2.0], []])],
+    [env("failed", ["t-unknown", ["bogus", "boom", None], False, False, [1.0, 2.0], []])],
     [env("blocked")],
     [env("unblocked")],
     # node messages from identities that are not registered nodes
@@ -251,7 +251,7 @@ def test_a_garbage_task_fails_only_itself():
         sock.send_multipart(protocol.encode("hello", ["client", "c:garbage-submitter", None, 1]))
         assert receive_until(sock, lambda m: m[0] == "welcome") is not None
         record = ["gt-1", ["gt-1.r"], [], {"CPU": 1}, 0, "garbage_task", "gf-not-a-pickle", 1, False,
-                  b"not a pickle either", 0]
+                  b"not a pickle either", 0, []]
         sock.send_multipart(protocol.encode("submit", [[["gf-not-a-pickle", b"\x00garbage"]], [record]]))
         message = receive_until(sock, lambda m: m[0] == "objects", timeout=20)
         assert message is not None, "the garbage task's failure never came back"
@@ -299,13 +299,13 @@ def _mutations(rng, count):
     junk = [None, True, False, -1, 0, 1, 2, 0.5, -0.5, float("inf"), "", "t-fuzz", "fuzz-w1", "fuzz", "f-fuzz",
             b"", b"\x80\x05N.", [], [[]], {}, {"CPU": 1}, {"CPU": -1}, [["f-fuzz", b"\x80\x05N."]],
             [[b"\x80\x05N.", 0]], ["task_error", "m", None], [["o", True, b"h", 0]]]
-    record = ["t-fuzz", ["t-fuzz.r"], [], {"CPU": 1}, 1, "fuzz", "f-fuzz", 1, False, b"\x80\x05N.", 0]
+    record = ["t-fuzz", ["t-fuzz.r"], [], {"CPU": 1}, 1, "fuzz", "f-fuzz", 1, False, b"\x80\x05N.", 0, []]
     valid = {
         "hello": ["client", "c:fuzz", None, 1], "goodbye": [], "heartbeat": [],
         "submit": [[["f-fuzz", b"\x80\x05N."]], [record]], "put": ["o-fuzz", b"\x80\x05N.", 0],
         "subscribe": [["t-fuzz.r"]], "cancel": ["t-fuzz", False], "release": [["t-fuzz.r"]], "nodes": [1],
         "blocked": [[]], "unblocked": [], "done": [[["t-fuzz", [[b"\x80\x05N.", 0]], [1.0, 2.0]]]],
-        "failed": ["t-fuzz", ["task_error", "m", None], True, False, [1.0, 2.0]], "status": [1], "timeline": [1],
+        "failed": ["t-fuzz", ["task_error", "m", None], True, False, [1.0, 2.0], []], "status": [1], "timeline": [1],
         "register": ["fuzz", {"CPU": 1}, 1, "127.0.0.1", 1], "worker_died": ["fuzz-w1", "gone"],
     }
     for _ in range(count):

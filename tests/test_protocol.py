@@ -22,9 +22,9 @@ def pack(*message):
     return msgpack.packb(list(message), use_bin_type=True)
 
 
-SUBMIT_RECORD = ["t1", ["t1.0"], ["dep"], {"CPU": 1.0}, 3, "name", "f1", 1, False, b"args", 1]
+SUBMIT_RECORD = ["t1", ["t1.0"], ["dep"], {"CPU": 1.0}, 3, "name", "f1", 1, False, b"args", 1, ["nested"]]
 DISPATCH_RECORD = ["t1", "name", "f1", b"blob", 1, False, b"args", 1,
-                   [["dep", b"hdr", 1, None], ["big", None, 5_000_000, [["n1", "tcp://127.0.0.1:5000"]]]]]
+                   [["dep", b"hdr", 1, None], ["big", None, 5_000_000, [["n1", "tcp://127.0.0.1:5000"]]]], ["nested"]]
 
 # One valid body per message type.
 VALID_BODIES = {
@@ -43,7 +43,7 @@ VALID_BODIES = {
     "unblocked": [],
     "rejected": ["t1"],
     "done": [[["t1", [[b"header", 0], [None, 5_000_000]], [1700000000.25, 1700000000.5]]]],
-    "failed": ["t1", ["task_error", "boom", None], False, False, [1700000000.25, 1700000000.5]],
+    "failed": ["t1", ["task_error", "boom", None], False, False, [1700000000.25, 1700000000.5], ["kept"]],
     "logs": [[["t1", "square", "stdout", "hello"]]],
     "register": ["n1", {"CPU": 2.0, "GPU": 1}, 2, "127.0.0.1", 4242,
                  {"address": "tcp://127.0.0.1:5000", "limit": 1 << 30}],
@@ -189,8 +189,8 @@ def test_buffer_cursor_rejects_bad_counts(count):
 
 
 # ----------------------------------------------------------------- wire records
-def make_spec(retry_exceptions=False, nbuf=1):
-    record = TaskRecord("f1", (b"args", [b"x"] * nbuf), 2, retry_exceptions, "c:owner")
+def make_spec(retry_exceptions=False, nbuf=1, holds=("n1", "n2")):
+    record = TaskRecord("f1", (b"args", [b"x"] * nbuf), 2, retry_exceptions, "c:owner", holds)
     return TaskSpec("t1", ("t1.0", "t1.1"), ("d1", "d2"), {"CPU": 1.0, "GPU": 0.5}, 3, "my_task", record)
 
 
@@ -204,8 +204,8 @@ def test_submit_record_round_trip(retry_exceptions):
     assert (decoded.task_id, decoded.return_ids, decoded.dependencies, decoded.demand, decoded.max_retries,
             decoded.name) == ("t1", ("t1.0", "t1.1"), ("d1", "d2"), {"CPU": 1.0, "GPU": 0.5}, 3, "my_task")
     record = decoded.payload
-    assert (record.function_id, record.args, record.num_returns, record.owner) == \
-           ("f1", (b"args", [b"x"]), 2, "c:owner")
+    assert (record.function_id, record.args, record.num_returns, record.owner, record.holds) == \
+           ("f1", (b"args", [b"x"]), 2, "c:owner", ("n1", "n2"))
     if isinstance(retry_exceptions, bool):
         assert record.retry_exceptions is retry_exceptions
     else:
@@ -218,8 +218,9 @@ def test_dispatch_round_trip():
     raw = wire.encode_dispatch(spec, {"d1": (b"h1", [b"i1"]), "d2": (b"h2", [])}, b"blob", frames)
     assert frames == [b"x", b"x", b"i1"]
     raw = msgpack.unpackb(msgpack.packb(raw, use_bin_type=True), raw=False)
-    task_id, name, function_id, blob, num_returns, retry_exc, args, inputs = wire.decode_dispatch(raw, frames)
+    task_id, name, function_id, blob, num_returns, retry_exc, args, inputs, holds = wire.decode_dispatch(raw, frames)
     assert (task_id, name, function_id, blob, num_returns, retry_exc) == ("t1", "my_task", "f1", b"blob", 2, False)
+    assert holds == ("n1", "n2")
     assert args == (b"args", [b"x", b"x"])
     assert inputs == {"d1": (b"h1", [b"i1"]), "d2": (b"h2", [])}
 
@@ -268,6 +269,17 @@ def test_done_and_failed_without_times_are_rejected():
             protocol.decode([pack(PROTOCOL_VERSION, msg_type, body)])
 
 
+def test_done_records_carry_the_refs_a_task_kept_only_when_there_are_any():
+    times = [1700000000.25, 1700000000.5]
+    decoded = wire.decode_done([["t1", [[b"h", 0]], times], ["t2", [[b"h", 0]], times, ["o1", "o2"]]], [])
+    assert [(task_id, kept) for task_id, _, _, kept in decoded] == [("t1", ()), ("t2", ["o1", "o2"])]
+    for kept in (None, "o1", [1], [b"o1"]):
+        with pytest.raises(ProtocolError):
+            wire.decode_done([["t1", [[b"h", 0]], times, kept]], [])
+    with pytest.raises(ProtocolError):
+        wire.decode_done([["t1", [[b"h", 0]], times, [], "extra"]], [])
+
+
 def test_results_round_trip():
     assert wire.decode_results([[b"h1", 1], [b"h2", 0], [b"h3", 2]], [b"a", b"b", b"c"]) == \
            [(b"h1", [b"a"]), (b"h2", []), (b"h3", [b"b", b"c"])]
@@ -307,6 +319,8 @@ BAD_SUBMIT_RECORDS = {
     "too many buffers": _replace(SUBMIT_RECORD, 10, 2),
     "negative buffers": _replace(SUBMIT_RECORD, 10, -1),
     "buffer count a string": _replace(SUBMIT_RECORD, 10, "1"),
+    "nested refs nil": _replace(SUBMIT_RECORD, 11, None),
+    "nested refs not strings": _replace(SUBMIT_RECORD, 11, [1]),
 }
 
 
@@ -336,6 +350,8 @@ BAD_DISPATCH_RECORDS = {
     "input too short": _replace(DISPATCH_RECORD, 8, [["dep", b"hdr"]]),
     "input id bytes": _replace(DISPATCH_RECORD, 8, [[b"dep", b"hdr", 1]]),
     "too many input buffers": _replace(DISPATCH_RECORD, 8, [["dep", b"hdr", 2]]),
+    "nested refs a string": _replace(DISPATCH_RECORD, 9, "nested"),
+    "nested refs not strings": _replace(DISPATCH_RECORD, 9, [b"nested"]),
 }
 
 

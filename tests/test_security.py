@@ -77,7 +77,7 @@ def submit_raw(address, marker, curve_keys=None):
 
     task_id = ids.new_task_id()
     record = [task_id, [task_id + "0001"], [], {"CPU": 1.0}, 0, "evil", "evilfn", 1, False,
-              cloudpickle.dumps(((), {})), 0]
+              cloudpickle.dumps(((), {})), 0, []]
     sock.send_multipart(protocol.encode("hello", ["client", "c:intruder", None, os.getpid()]), zmq.NOBLOCK)
     sock.send_multipart(protocol.encode("submit", [[["evilfn", cloudpickle.dumps(evil)]], [record]]),
                         zmq.NOBLOCK)
@@ -204,7 +204,7 @@ def test_submission_floods_get_back_pressure_and_head_memory_stays_bounded(clust
             records = []
             for _ in range(1000):
                 task_id = ids.new_task_id()
-                records.append([task_id, [task_id + "0001"], [], {"CPU": 1.0}, 0, "", "noopfn", 1, False, args, 0])
+                records.append([task_id, [task_id + "0001"], [], {"CPU": 1.0}, 0, "", "noopfn", 1, False, args, 0, []])
             sock.send_multipart(protocol.encode("submit", [functions if batch == 0 else [], records]))
             while sock.poll(0):
                 frames = sock.recv_multipart()

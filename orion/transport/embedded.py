@@ -96,7 +96,7 @@ class EmbeddedClient(SerializingClient):
             self.server.send_now()
 
     def _request(self, object_ids):
-        wanted = [i for i in object_ids if not i.startswith(self._prefix)]  # ours come unasked
+        wanted = self._to_ask(object_ids)
         if wanted:
             with self.server.lock:
                 self.head.subscribe(self.peer_id, wanted)

@@ -21,7 +21,7 @@ import cloudpickle
 from .. import context, execution
 from ..client import Client
 from ..head import Head
-from ..object_ref import ObjectRef
+from ..object_ref import LIFETIMES, ObjectRef
 from ..scheduler.events import Failure, WorkerLost
 from .base import HeadTransport
 
@@ -138,6 +138,9 @@ class InprocWorker(threading.Thread):
                                              outcome.retryable, outcome.cancelled, times)
                 with self._state:  # a cancel that came after the task returned
                     self._early_interrupts.discard(spec.task_id)
+            # Let go of the task now, not when the next one comes: its arguments
+            # (refs in them) and its values must not outlive it here.
+            item = spec = inputs = function = outcome = None
 
     def _run_one(self, spec, inputs, function):
         record = spec.payload
@@ -240,6 +243,9 @@ class InprocClient(Client):
     """The driver of the in-process runtime: calls the head under its lock."""
 
     address = None
+    # Arguments and values stay the objects they are: an ObjectRef inside one
+    # keeps its object alive by itself (its death is what releases it).
+    nested_refs_travel = False
 
     def __init__(self, num_workers, resources=None, policy="least_loaded"):
         self.runtime = InprocRuntime(num_workers, resources, policy)
@@ -292,7 +298,8 @@ class InprocClient(Client):
         return args, kwargs
 
     def _encode_value(self, value):
-        check_picklable(value, "the value given to put")
+        with LIFETIMES.recording():  # refs inside stay objects here: none escapes
+            check_picklable(value, "the value given to put")
         return value
 
     def nodes(self):

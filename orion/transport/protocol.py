@@ -49,11 +49,13 @@ SCHEMAS = {
     "rejected": ((_S,),),  # task id: a queued task sent back unstarted
     "unblocked": (),
     # times: [started, finished], wall-clock seconds (time.time()) of the run
-    # [[task id, results [[header, nbuf] inline | [nil, size] in the node's store], times]...]
+    # [[task id, results [[header, nbuf] inline | [nil, size] in the node's store], times(, kept)]...]
+    # kept: ids of refs nested in the task's arguments that it kept (only when any)
     "done": ((_L,),),
     "copied": ((_L,),),  # object ids: the worker's node now holds a copy of each
     "input_lost": ((_S,), (_S,), (_L,)),  # task id, object id, [node ids tried]: the task did not run
-    "failed": ((_S,), (_L,), (_BOOL,), (_BOOL,), (_L,)),  # task id, failure, retryable, cancelled, times
+    # task id, failure, retryable, cancelled, times, kept (as in done)
+    "failed": ((_S,), (_L,), (_BOOL,), (_BOOL,), (_L,), (_L,)),
     # worker -> head: [[task id, task name, stream, line]]; head -> driver/worker:
     # [[task id, worker pid, node id, task name, stream, line]] (orion.transport.logs)
     "logs": ((_L,),),

@@ -51,13 +51,21 @@ def encode_submit_record(spec, args_header, nbuf):
     record = spec.payload
     return [spec.task_id, list(spec.return_ids), list(spec.dependencies), spec.demand, spec.max_retries,
             spec.name, record.function_id, record.num_returns, _wire_retry(record.retry_exceptions), args_header,
-            nbuf]
+            nbuf, record.holds]  # (msgpack packs a tuple as an array)
+
+
+def _holds(raw):
+    """The ids of refs nested in a task's arguments (``TaskRecord.holds``)."""
+    if raw == []:  # (nearly always: no refs nested)
+        return ()
+    check(_is_str_list(raw), "nested refs must be a list of object ids")
+    return tuple(raw)
 
 
 def decode_submit_record(raw, cursor, owner):
-    check(isinstance(raw, list) and len(raw) == 11, "task record must have 11 fields")
+    check(isinstance(raw, list) and len(raw) == 12, "task record must have 12 fields")
     (task_id, return_ids, deps, demand, max_retries, name, function_id, num_returns, retry_exc,
-     args_header, nbuf) = raw
+     args_header, nbuf, holds) = raw
     check(isinstance(task_id, str) and task_id, "task id must be a non-empty string")
     check(_is_str_list(return_ids) and return_ids, "return ids must be a non-empty list of strings")
     check(_is_str_list(deps), "dependencies must be a list of strings")
@@ -72,8 +80,9 @@ def decode_submit_record(raw, cursor, owner):
           and num_returns == len(return_ids), "num_returns must match the return ids")
     check(isinstance(retry_exc, (bool, bytes)), "retry_exceptions must be a bool or pickled classes")
     check(isinstance(args_header, bytes), "arguments must be bytes")
+    holds = _holds(holds)
     buffers = cursor.take(nbuf)
-    record = TaskRecord(function_id, (args_header, buffers), num_returns, retry_exc, owner)
+    record = TaskRecord(function_id, (args_header, buffers), num_returns, retry_exc, owner, holds)
     return TaskSpec(task_id, tuple(return_ids), tuple(deps), {k: float(v) for k, v in demand.items()},
                     max_retries, name, record, owner.startswith("w:"))
 
@@ -92,12 +101,14 @@ def encode_dispatch(spec, inputs, function_blob, frames):
             wire_inputs.append([object_id, header, len(buffers), None])
             frames.extend(buffers)
     return [spec.task_id, spec.name, record.function_id, function_blob, record.num_returns,
-            _wire_retry(record.retry_exceptions), args_header, len(args_buffers), wire_inputs]
+            _wire_retry(record.retry_exceptions), args_header, len(args_buffers), wire_inputs, record.holds]
 
 
 def decode_dispatch(raw, buffers):
-    check(isinstance(raw, list) and len(raw) == 9, "dispatch record must have 9 fields")
-    task_id, name, function_id, blob, num_returns, retry_exc, args_header, nbuf, inputs = raw
+    """``(task id, name, function id, function blob or None, num_returns,
+    retry_exceptions, (args header, buffers), inputs, nested ref ids)``."""
+    check(isinstance(raw, list) and len(raw) == 10, "dispatch record must have 10 fields")
+    task_id, name, function_id, blob, num_returns, retry_exc, args_header, nbuf, inputs, holds = raw
     check(isinstance(task_id, str) and isinstance(name, str) and isinstance(function_id, str),
           "dispatch ids must be strings")
     check(blob is None or isinstance(blob, bytes), "function must be bytes or nil")
@@ -106,6 +117,7 @@ def decode_dispatch(raw, buffers):
     check(isinstance(retry_exc, (bool, bytes)), "retry_exceptions must be a bool or bytes")
     check(isinstance(args_header, bytes), "arguments must be bytes")
     check(isinstance(inputs, list), "inputs must be a list")
+    holds = _holds(holds)
     cursor = BufferCursor(buffers)
     args = (args_header, cursor.take(nbuf))
     decoded_inputs = {}
@@ -118,7 +130,7 @@ def decode_dispatch(raw, buffers):
         else:
             check(isinstance(header, bytes), "an input's header must be bytes")
             decoded_inputs[object_id] = (header, cursor.take(count))
-    return task_id, name, function_id, blob, num_returns, retry_exc, args, decoded_inputs
+    return task_id, name, function_id, blob, num_returns, retry_exc, args, decoded_inputs, holds
 
 
 # ------------------------------------------------------------- stored values
@@ -184,15 +196,24 @@ def decode_results(results, cursor):
 
 
 def decode_done(records, buffers):
-    """``[(task id, values, times)]`` from a ``done`` body (tasks a worker ran back to back)."""
+    """``[(task id, values, times, kept)]`` from a ``done`` body (tasks a
+    worker ran back to back). ``kept``: the refs nested in the task's arguments
+    that it kept (a fourth field, only when there are any; see ``NestedRefs``)."""
     check(isinstance(records, list), "done must carry a list of records")
     cursor = BufferCursor(buffers)
     decoded = []
     for record in records:
-        check(isinstance(record, list) and len(record) == 3 and isinstance(record[0], str),
-              "a done record must be [task id, results, times]")
-        decoded.append((record[0], decode_results(record[1], cursor), decode_times(record[2])))
+        check(isinstance(record, list) and len(record) in (3, 4) and isinstance(record[0], str),
+              "a done record must be [task id, results, times] or [task id, results, times, kept]")
+        kept = decode_kept(record[3]) if len(record) == 4 else ()
+        decoded.append((record[0], decode_results(record[1], cursor), decode_times(record[2]), kept))
     return decoded
+
+
+def decode_kept(raw):
+    """The ids of refs from a task's arguments that it kept (``done``, ``failed``)."""
+    check(_is_str_list(raw), "kept refs must be a list of object ids")
+    return raw
 
 
 # ------------------------------------------------------- large-object holders

@@ -119,8 +119,7 @@ class ZmqClient(SerializingClient):
         return entry if type(entry) is tuple else None
 
     def _request(self, object_ids):
-        # Results of our own tasks come without asking.
-        wanted = [i for i in object_ids if not i.startswith(self._prefix)]
+        wanted = self._to_ask(object_ids)
         if wanted:
             with self._owned_lock:
                 self._wanted.update(wanted)

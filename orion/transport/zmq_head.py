@@ -802,20 +802,21 @@ class HeadServer:
         worker_id = self._peer_worker(identity)
         node_id = self.worker_nodes[worker_id]
         at = time.monotonic()
-        for task_id, values, times in wire.decode_done(body[0], buffers):
+        for task_id, values, times, kept in wire.decode_done(body[0], buffers):
             expected = self.head.scheduler.return_count(task_id)
             if expected is not None and expected != len(values):
                 # Fail the task rather than drop the message: its caller must not hang.
                 self._bad_message(identity, f"task {task_id} returns {expected} values, the worker sent "
                                             f"{len(values)}")
                 self.head.task_failed(worker_id, task_id, Failure(
-                    "task_error", f"worker {worker_id} sent {len(values)} results for a task with {expected}"))
+                    "task_error", f"worker {worker_id} sent {len(values)} results for a task with {expected}"),
+                    kept=kept)
                 continue
-            self.head.task_done(worker_id, task_id, values, times, node_id, at)
+            self.head.task_done(worker_id, task_id, values, times, node_id, at, kept)
 
     def _on_failed(self, identity, body, buffers):
         worker_id = self._peer_worker(identity)
-        task_id, failure, retryable, cancelled, times = body
+        task_id, failure, retryable, cancelled, times, kept = body
         times = wire.decode_times(times)
         self.head.task_failed(worker_id, task_id, wire.decode_failure(failure), retryable, cancelled, times,
-                              time.monotonic())
+                              time.monotonic(), wire.decode_kept(kept))

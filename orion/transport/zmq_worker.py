@@ -34,6 +34,7 @@ import cloudpickle
 import zmq
 
 from .. import api, context, execution, gc_tuning, ids, security, serialization
+from ..object_ref import LIFETIMES
 from ..object_store import Holder, ObjectStore, Remote
 from ..store import mappings
 from ..store.access import INLINE_MAX, LocalNode, ObjectAccess, ObjectUnavailable, serialized_size
@@ -436,7 +437,7 @@ class Worker:
             self.send("copied", [[object_id for object_id, _ in kept]])
 
     def _run_task(self, dispatch):
-        task_id, name, function_id, blob, num_returns, retry_exc, args, inputs = dispatch
+        task_id, name, function_id, blob, num_returns, retry_exc, args, inputs, holds = dispatch
         started = time.time()  # wall clock: lines up with the head's times (orion.timeline)
         self._interrupted = self._interrupt_raised = False
         with self._cancel_lock:
@@ -487,7 +488,12 @@ class Worker:
             except serialization.SerializationError as exc:
                 outcome = execution.Outcome(failure=execution.task_failure(exc, name))
             else:
-                self._dones.append([task_id, results, [started, max(started, time.time())]])
+                record = [task_id, results, [started, max(started, time.time())]]
+                if holds:  # (after the results are pickled: a ref inside one is kept)
+                    kept = _kept(holds)
+                    if kept:
+                        record.append(kept)
+                self._dones.append(record)
                 self._done_frames.extend(frames)
                 if self._suspended:
                     # Run inside a get that waits for it: the waiting task reads these
@@ -504,7 +510,8 @@ class Worker:
             self._send_dones()
         self.send("failed", [task_id, wire.encode_failure(Failure(failure.kind, failure.message,
                                                                   _pickle_payload(failure.payload))),
-                             outcome.retryable, outcome.cancelled, [started, max(started, time.time())]])
+                             outcome.retryable, outcome.cancelled, [started, max(started, time.time())],
+                             _kept(holds) if holds else []])
 
     def _own_values(self, task_id, results, frames):
         """Store entries for the results just reported (see ``wire.decode_done``)."""
@@ -680,6 +687,15 @@ _HANDLED_KEPT = 4096
 
 def _cancelled(name):
     return execution.Outcome(failure=Failure("cancelled", f"task {name} was cancelled"), cancelled=True)
+
+
+def _kept(holds):
+    """Of the refs nested in a task's arguments, those it kept: this process
+    still has an ObjectRef for one once the task is over (a global, a cache, a
+    running thread), or pickled one into a value (a result, a put). The head
+    never frees those (``orion.nested_refs``); it frees the others once
+    nothing else needs them."""
+    return [object_id for object_id in holds if LIFETIMES.alive(object_id) or object_id in LIFETIMES.escaped]
 
 
 def _child_line(name, pid, node_id, line):

@@ -1,0 +1,319 @@
+"""Refs passed inside a task's arguments (``reduce.remote([a, b])``): their
+objects live while a task may use them, and are freed after (``NestedRefs``).
+
+Three levels: the table alone, the ``Head`` driven by hand through a fake
+transport (the order of holds, releases, lineage and pins), and clusters of
+both transports end to end."""
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+import orion
+from conftest import touch, wait_for_file
+from orion.api import _current_client
+from orion.head import Head, TaskRecord
+from orion.nested_refs import NestedRefs
+from orion.object_store import Holder, Remote
+from orion.scheduler.events import Failure, TaskSpec
+from orion.transport.base import HeadTransport
+
+
+# ------------------------------------------------------------ the table alone
+def test_a_release_waits_for_every_holder():
+    refs = NestedRefs()
+    refs.task_submitted("t1", ("a", "b"))
+    refs.task_submitted("t2", ("a",))
+    assert refs.releasable(["a", "b", "c"]) == ["c"]  # c is held by nothing: it goes at once
+    assert refs.task_ended("t1") == ["b"]
+    assert refs.task_ended("t2") == ["a"]
+    assert not refs
+
+
+def test_an_id_not_released_by_its_owner_is_not_freed_when_its_holders_end():
+    refs = NestedRefs()
+    refs.task_submitted("t1", ("a",))
+    assert refs.task_ended("t1") == []  # the owner still has its ref
+    assert refs.releasable(["a"]) == ["a"]
+
+
+def test_a_task_submitted_twice_holds_once():
+    refs = NestedRefs()
+    refs.task_submitted("t1", ("a",))
+    refs.task_submitted("t1", ("a",))  # a driver replaying to a restarted head
+    refs.releasable(["a"])
+    assert refs.task_ended("t1") == ["a"]
+    assert refs.task_ended("t1") == []
+
+
+def test_kept_ids_are_never_released():
+    refs = NestedRefs()
+    refs.task_submitted("t1", ("a", "b"))
+    assert refs.releasable(["a"]) == []
+    refs.kept(["a"])
+    assert refs.task_ended("t1") == []
+    assert refs.releasable(["a", "b"]) == ["b"]
+    assert refs.is_pinned("a") and not refs.is_pinned("b")
+
+
+def test_lineage_holds_like_a_task():
+    refs = NestedRefs()
+    refs.task_submitted("t1", ("a",))
+    refs.lineage_kept(("a",))
+    refs.releasable(["a"])
+    assert refs.task_ended("t1") == []
+    assert refs.holds("a") == 1
+    assert refs.lineage_dropped(("a",)) == ["a"]
+
+
+# ------------------------------------------------------- the head, by hand
+class FakeTransport(HeadTransport):
+    def __init__(self):
+        self.dispatched, self.freed = [], []
+
+    def dispatch(self, worker_id, spec, inputs, function, nested=False):
+        self.dispatched.append((worker_id, spec.task_id))
+
+    def deliver(self, peer_id, object_id, entry):
+        pass
+
+    def free(self, holder_id, object_ids):
+        self.freed.extend(object_ids)
+
+    def interrupt(self, worker_id, task_id, force):
+        pass
+
+    def start_worker(self, node_id):
+        pass
+
+    def stop_worker(self, worker_id):
+        pass
+
+    def recall(self, worker_id, task_ids):
+        pass
+
+
+def make_head():
+    head = Head(FakeTransport())
+    head.holder_joined("n1", _holder("n1"))
+    head.node_joined("n1", {"CPU": 1.0}, 1)
+    head.worker_joined("w1", "n1")
+    head.register_function("f", "function")
+    return head
+
+
+def _holder(node_id):
+    return Holder(node_id, f"tcp://{node_id}")
+
+
+def spec(task_id, holds=(), deps=()):
+    record = TaskRecord("f", (b"args", ()), 1, False, "c:driver", holds)
+    return TaskSpec(task_id, (task_id + "0001",), deps, {"CPU": 1.0}, 3, task_id, record)
+
+
+def stored(head, object_id):
+    return head.scheduler.object_status(object_id) is not None
+
+
+def test_the_head_frees_a_nested_object_once_its_owner_and_the_task_let_go():
+    head = make_head()
+    head.put("c:driver", "inner", (b"v", ()))
+    head.submit([spec("t1", holds=("inner",))])
+    head.release(["inner"])  # the driver dropped its ref while t1 still runs
+    assert stored(head, "inner")
+    head.task_done("w1", "t1", [(b"r", ())])
+    assert not stored(head, "inner") and "inner" not in head.store
+
+
+def test_the_head_keeps_what_the_task_kept_for_good():
+    head = make_head()
+    head.put("c:driver", "inner", (b"v", ()))
+    head.submit([spec("t1", holds=("inner",))])
+    head.release(["inner"])
+    head.task_done("w1", "t1", [(b"r", ())], kept=["inner"])
+    assert stored(head, "inner")
+    head.release(["inner"])  # (a second release changes nothing)
+    assert stored(head, "inner")
+
+
+def test_a_failed_task_lets_go_of_its_nested_refs():
+    head = make_head()
+    head.put("c:driver", "inner", (b"v", ()))
+    head.submit([spec("t1", holds=("inner",))])
+    head.release(["inner"])
+    head.task_failed("w1", "t1", Failure("task_error", "boom"))
+    assert not stored(head, "inner")
+
+
+def test_a_cancelled_queued_task_lets_go_of_its_nested_refs():
+    head = make_head()
+    head.put("c:driver", "inner", (b"v", ()))
+    head.submit([spec("t0"), spec("t1", holds=("inner",))])  # t1 queues behind t0 (one worker)
+    head.release(["inner"])
+    head.cancel("t1")
+    assert not stored(head, "inner")
+
+
+def test_a_kept_lineage_holds_the_nested_refs_its_re_run_needs():
+    """A task with a large result keeps its spec as lineage while the result is
+    referenced: the objects its arguments name stay with it, and go with it."""
+    head = make_head()
+    head.put("c:driver", "inner", (b"v", ()))
+    head.submit([spec("t1", holds=("inner",))])
+    head.release(["inner"])
+    head.task_done("w1", "t1", [Remote(1 << 20, ())], node_id="n1")
+    assert "t10001" in head.lineage
+    assert stored(head, "inner"), "the lineage of t1's large result must keep its nested ref"
+    head.release(["t10001"])  # the result goes: so does its lineage, and the nested object
+    assert "t10001" not in head.lineage
+    assert not stored(head, "inner")
+
+
+# ----------------------------------------------------------------- end to end
+@orion.remote
+def inc(x):
+    return x + 1
+
+
+@orion.remote
+def total(refs):
+    return sum(orion.get(refs))
+
+
+_STASH = []
+
+
+@orion.remote
+def stash(refs):
+    _STASH.extend(refs)  # kept past the task: its object must stay
+    return len(_STASH)
+
+
+@orion.remote
+def read_stash():
+    return orion.get(_STASH[-1])
+
+
+@orion.remote
+def echo(value):
+    return value
+
+
+@orion.remote
+def hand_on(refs, gate):
+    return later.remote(refs, gate)  # returns a ref; ``refs`` travel on, nested, to the child
+
+
+@orion.remote
+def later(refs, gate):
+    wait_for_file(gate)
+    return sum(orion.get(refs))
+
+
+def head_counts():
+    client = _current_client()
+    head = client.head if hasattr(client, "head") else client.runtime.head
+    return len(head.scheduler._objects), len(head.store)
+
+
+def flush_releases():
+    gc.collect()
+    orion.get(inc.remote(0))  # any call hands the releases over
+
+
+@pytest.mark.timeout(120)
+def test_refs_passed_in_a_list_are_freed_once_the_task_is_done(cluster):
+    """The map-reduce shape: a reduce task takes its parts as a list of refs.
+    Before, every part passed that way was kept for good."""
+    for _ in range(5):
+        parts = [inc.remote(i) for i in range(200)]
+        assert orion.get(total.remote(parts)) == sum(range(1, 201))
+        del parts
+    flush_releases()
+    scheduler, head = head_counts()
+    assert scheduler < 20 and head < 20, (scheduler, head)
+
+
+@pytest.mark.timeout(120)
+def test_large_parts_passed_in_a_list_leave_the_node_store(cluster, transport):
+    if transport != "zmq":
+        pytest.skip("the node store belongs to the ZeroMQ runtime")
+    for _ in range(3):
+        parts = [echo.remote(bytes(1 << 20)) for _ in range(4)]
+        assert orion.get(total_len.remote(parts)) == 4 << 20
+        del parts
+    flush_releases()
+    assert [node["store_bytes"] for node in orion.nodes()] == [0]
+
+
+@orion.remote
+def total_len(refs):
+    return sum(len(value) for value in orion.get(refs))
+
+
+def test_a_nested_ref_outlives_the_drivers_copy_while_the_task_runs(cluster, tmp_path):
+    gate = str(tmp_path / "gate")
+    inner = inc.remote(4)
+    ref = later.remote([inner], gate)
+    del inner
+    flush_releases()  # the release reaches the head while the task waits
+    touch(gate)
+    assert orion.get(ref, timeout=30) == 5
+
+
+def test_a_task_that_keeps_a_nested_ref_keeps_its_object(make_cluster):
+    make_cluster(num_workers=1)  # (the second task runs where the first kept the ref)
+    inner = orion.put(41)
+    assert orion.get(stash.remote([inner])) >= 1
+    del inner
+    flush_releases()
+    assert orion.get(read_stash.remote(), timeout=30) == 41
+
+
+def test_a_nested_ref_returned_by_the_task_stays_gettable(cluster):
+    inner = inc.remote(1)
+    box = echo.remote([inner])
+    del inner
+    flush_releases()
+    (back,) = orion.get(box)
+    flush_releases()
+    assert orion.get(back, timeout=30) == 2
+
+
+def test_a_nested_ref_handed_on_to_a_child_outlives_the_parent(cluster, tmp_path):
+    """The parent ends before its child runs: the child's own hold (its submit
+    reaches the head before the parent's report) keeps the object."""
+    gate = str(tmp_path / "gate")
+    inner = inc.remote(9)
+    child = orion.get(hand_on.remote([inner], gate), timeout=30)
+    del inner
+    flush_releases()
+    touch(gate)
+    assert orion.get(child, timeout=30) == 10
+
+
+def test_a_ref_both_top_level_and_nested_is_freed_after_the_task(cluster):
+    @orion.remote
+    def both(value, refs):
+        return value + orion.get(refs[0])
+
+    inner = inc.remote(1)
+    assert orion.get(both.remote(inner, [inner])) == 4
+    object_id = inner.id
+    del inner
+    flush_releases()
+    client = _current_client()
+    head = client.head if hasattr(client, "head") else client.runtime.head
+    assert head.scheduler.object_status(object_id) is None
+
+
+def test_the_workers_report_what_a_task_kept(needs_processes, make_cluster):
+    """Over the wire: a task that keeps a nested ref is reported, one that
+    does not is not (the head pins only the first)."""
+    make_cluster(num_workers=1)
+    kept, dropped = orion.put(1), orion.put(2)
+    orion.get(stash.remote([kept]))
+    orion.get(total.remote([dropped]))
+    head = _current_client().head
+    assert head.nested.is_pinned(kept.id) and not head.nested.is_pinned(dropped.id)
