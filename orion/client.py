@@ -89,6 +89,12 @@ class Client:
         ids.reseed()  # ids of an earlier client in this process must not look like ours
         self._prefix = ids.prefix()  # ids with it are ours: results of our tasks, our puts
         self._dropped = set()  # released before they arrived: not to be stored
+        self._borrows = set()  # others' objects the head knows we hold a ref to
+        # Ids inside results not reported yet (a worker batches its reports):
+        # their releases and unborrows wait in _held_back until the report is
+        # out, so that the head learns what holds them first.
+        self._unreported = set()
+        self._held_back = []
 
     # ------------------------------------------------------ transport hooks
     def _send_submit(self, specs, functions):
@@ -175,7 +181,7 @@ class Client:
                             self.peer_id, holds)
         spec = TaskSpec(task_id, return_ids, tuple(deps), options.demand, options.max_retries, name, record,
                         context.current.worker is not None)
-        if LIFETIMES.released:  # (once the arguments pickled: the submit goes ahead)
+        if LIFETIMES.released or LIFETIMES.arrived or LIFETIMES.escapes:  # (the submit goes ahead)
             self._flush_releases(with_next_call=True)
         with self._guard():
             self._send_submit([spec], remote_function)
@@ -187,15 +193,19 @@ class Client:
         self._check_open()
         if isinstance(value, ObjectRef):
             raise TypeError("orion.put of an ObjectRef is not allowed; pass the ref itself")
-        if LIFETIMES.released:
+        if LIFETIMES.pending():
             # At once, not with the put: a large value is written before the
             # head hears of it, and the file of one just released may be
             # recycled for it (see ARCHITECTURE.md, the object store).
             self._flush_releases()
         object_id = ids.new_put_id()
-        encoded = self._encode_value(value)
+        with LIFETIMES.recording() as contained:
+            encoded = self._encode_value(value)
         with self._guard():
             self._send_put(object_id, encoded)
+            if contained and self.nested_refs_travel:
+                # The refs inside live as long as the value (orion.nested_refs).
+                self._send_release((), (), (), [[object_id, list(dict.fromkeys(contained))]])
         return ObjectRef(object_id)
 
     def get(self, refs, timeout=None, progress=False):
@@ -321,27 +331,73 @@ class Client:
                 self._room.notify_all()
 
     # ------------------------------------------------------- ref lifetimes
-    def _flush_releases(self, with_next_call=False):
-        """Objects of ours that no ObjectRef in this process names any more (and
-        that never escaped into a value): free them here and at the head
-        (which keeps those that tasks' arguments hold: ``NestedRefs``).
-        ``with_next_call``: the caller (a submit) calls the head next; a
-        transport may tell the head with that call (``_defer_release``)."""
-        released, escaped, prefix = LIFETIMES.released, LIFETIMES.escaped, self._prefix
-        freed = []
+    def _flush_releases(self, with_next_call=False, guarded=True):
+        """Hand over what ``LIFETIMES`` noted, in one message: borrows of others'
+        objects whose refs arrived here (before any release that could free
+        what held them), releases of our objects that no ObjectRef in this
+        process names any more and that never escaped, and unborrows of
+        others' that we no longer hold (``orion.nested_refs``). Released ones
+        go from our store at once. ``with_next_call``: the caller (a submit)
+        calls the head next; a transport may tell the head with that call
+        (``_defer_release``). ``guarded=False``: a worker's own code, outside
+        its task's (no guard against the task's cancel is needed)."""
+        lifetimes, prefix, borrows = LIFETIMES, self._prefix, self._borrows
+        borrowed = []
+        if self.nested_refs_travel:
+            for pending, still_held in ((lifetimes.arrived, lifetimes.revived), (lifetimes.escapes, None)):
+                while pending:
+                    try:
+                        object_id = pending.popleft()
+                    except IndexError:
+                        break
+                    if (object_id not in borrows and not object_id.startswith(prefix)
+                            and (still_held is None or object_id in still_held)):
+                        borrows.add(object_id)  # (an escaped one for good: never unborrowed)
+                        borrowed.append(object_id)
+        else:  # arguments and values stay objects here: the ObjectRef itself keeps its object
+            lifetimes.arrived.clear()
+            lifetimes.escapes.clear()
+        released, escaped, unreported = lifetimes.released, lifetimes.escaped, self._unreported
+        freed, unborrowed = [], []
         while released:
             try:
                 object_id = released.popleft()
             except IndexError:
                 break
-            if object_id.startswith(prefix) and object_id not in escaped:
-                freed.append(object_id)
+            if object_id in escaped:
+                continue
+            if object_id.startswith(prefix):
+                target = freed
+            elif object_id in borrows:
+                borrows.discard(object_id)
+                target = unborrowed
+            else:
+                continue
+            if unreported and object_id in unreported:
+                self._held_back.append((object_id, target is freed))
+            else:
+                target.append(object_id)
         if freed:
             self._release_local(freed)
-            if with_next_call and self._defer_release(freed):
-                return
-            with self._guard():
-                self._send_release(freed)
+        if not (freed or borrowed or unborrowed):
+            return
+        if with_next_call and not (borrowed or unborrowed) and self._defer_release(freed):
+            return
+        if not guarded:
+            self._send_release(freed, borrowed, unborrowed, ())
+            return
+        with self._guard():
+            self._send_release(freed, borrowed, unborrowed, ())
+
+    def _reported(self):
+        """The results whose refs held back releases are reported: let those go."""
+        self._unreported.clear()
+        if self._held_back:
+            held, self._held_back = self._held_back, []
+            freed = [object_id for object_id, ours in held if ours]
+            if freed:
+                self._release_local(freed)
+            self._send_release(freed, (), [object_id for object_id, ours in held if not ours], ())
 
     def _release_local(self, object_ids):
         store = self.store
@@ -366,13 +422,16 @@ class Client:
                 wanted.append(object_id)
         return wanted
 
-    def _send_release(self, object_ids):
-        """Tell the head these objects may be freed (once no task needs them)."""
+    def _send_release(self, released, borrowed, unborrowed, contained):
+        """Tell the head, in this order: ``contained`` (``[[object id, [ids of
+        the refs its value holds]]...]``), the objects of others we now hold a
+        ref to (``borrowed``) and no longer hold (``unborrowed``), and ours
+        that it may free once nothing needs them (``released``)."""
 
     def _defer_release(self, object_ids):
-        """Keep these to tell the head with the next call that takes the head
-        anyway (the submit under way); False: this transport tells it at once
-        (``_send_release``)."""
+        """Keep these releases to tell the head with the next call that takes
+        the head anyway (the submit under way); False: this transport tells
+        it at once (``_send_release``)."""
         return False
 
     def _check_open(self):

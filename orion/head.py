@@ -198,23 +198,41 @@ class Head:
         self._feed([ev.CancelRequested(task_id, force)])
 
     def release(self, object_ids):
-        """The owner no longer names these objects (see ``NestedRefs`` for
-        those that a task's arguments still hold)."""
-        if self.nested:
-            object_ids = self.nested.releasable(object_ids)
-            if not object_ids:
-                return
-        self._feed([ev.ObjectsReleased(tuple(object_ids))])
+        """The owner no longer names these objects."""
+        self.refs(None, object_ids)
+
+    def refs(self, peer, released=(), borrowed=(), unborrowed=(), contained=()):
+        """What ``peer``'s client says of refs, in this order: stored values
+        that name these refs (``contained``: ``[[container id, [ids]]...]``),
+        others' objects it now holds a ref to and no longer holds, and its own
+        objects it released (freed once nothing holds or needs them; see
+        ``NestedRefs``)."""
+        nested = self.nested
+        for container_id, object_ids in contained:
+            nested.contained(container_id, tuple(object_ids))
+        if borrowed:
+            nested.borrowed(peer, borrowed)
+        free = nested.unborrowed(peer, unborrowed) if unborrowed else []
+        if released:
+            free.extend(nested.releasable(released) if nested else released)
+        if free:
+            self._feed([ev.ObjectsReleased(tuple(free))])
+
+    def peer_gone(self, peer):
+        """A driver or worker process is gone: so are the refs it borrowed."""
+        free = self.nested.peer_gone(peer)
+        if free:
+            self._feed([ev.ObjectsReleased(tuple(free))])
 
     # ----------------------------------------------------------- worker side
-    def task_done(self, worker_id, task_id, values, times=None, node_id=None, at=None, kept=()):
+    def task_done(self, worker_id, task_id, values, times=None, node_id=None, at=None, contained=()):
         """``times``: ``(started, finished)`` wall-clock seconds, as the worker ran it.
         A ``Remote`` value stays in the store of ``node_id``, the worker's node.
         ``at``: when the report came (monotonic clock; lets idle workers recall
         tasks queued behind a slow one, see the scheduler's "Recall").
-        ``kept``: refs from the task's arguments that it kept (``NestedRefs``)."""
-        if kept:
-            self.nested.kept(kept)
+        ``contained``: ``[[result id, [ids of the refs its value names]]...]``."""
+        for container_id, object_ids in contained:
+            self.nested.contained(container_id, tuple(object_ids))
         if times is not None:
             self.tasklog.reported(worker_id, task_id, times)
         if node_id is not None and any(type(v) is Remote for v in values):
@@ -230,10 +248,7 @@ class Head:
                 self.transport.free(node_id, [r for r, v in zip(return_ids(task_id, len(values)), values)
                                               if type(v) is Remote])
 
-    def task_failed(self, worker_id, task_id, failure, retryable=False, cancelled=False, times=None, at=None,
-                    kept=()):
-        if kept:
-            self.nested.kept(kept)
+    def task_failed(self, worker_id, task_id, failure, retryable=False, cancelled=False, times=None, at=None):
         if times is not None:
             self.tasklog.reported(worker_id, task_id, times)
         self._feed([ev.TaskErrored(task_id, worker_id, failure, retryable, cancelled, at)])
@@ -358,6 +373,7 @@ class Head:
 
     def worker_lost(self, worker_id, reason):
         self._feed([ev.WorkerLost(worker_id, reason)])
+        self.peer_gone("w:" + worker_id)  # (the peer id a worker process speaks as)
 
     def later(self, event):
         """Queue an event raised while carrying out a command (no re-entry)."""
@@ -420,6 +436,8 @@ class Head:
                 store.delete(object_id)
                 self.owners.pop(object_id, None)
                 self._drop_lineage(object_id)
+                if self.nested.containers:
+                    self._let_go(self.nested.container_freed(object_id))
 
     # ------------------------------------------------- large values, lineage
     def _record_large(self, return_ids, values, spec, node_id):

@@ -1,52 +1,51 @@
-"""What keeps alive, at the head, an object whose ref travels inside a task's arguments.
+"""What keeps an object alive, at the head, while its ref travels beyond its owner.
 
-A ref nested in a task's arguments (``reduce.remote([a, b])``) is not a
-dependency: the task gets the ref, not the value, and may ``get`` it at any
-moment while it runs. So its object must outlive the owner's own copy of the
-ref for as long as the task may use it. ``NestedRefs`` counts, per object,
-what holds it that way:
+An owner releases an object once no ``ObjectRef`` in its own process names
+it. But a ref also travels: pickled inside a task's arguments
+(``reduce.remote([a, b])``: the task gets the ref, not the value), inside a
+value (``put([a])``, a task returning ``[child.remote()]``), and from there
+into any process that unpickles it. ``NestedRefs`` counts, per object, what
+holds it beyond its owner:
 
 * each live task whose arguments name it, from its submission until it is
   published or fails for good (a retry still holds it);
-* each lineage entry kept for a task that takes it (the spec of a task whose
-  large result is still referenced: re-running it unpickles the same
-  arguments, see ``Head._record_large``);
-
-and keeps a set of objects pinned for good: those a task *kept* — its worker
-still had the ``ObjectRef`` once the task ended, or pickled it into a result,
-a put or an argument of its own. The task's process may use such a ref at any
-later time, which the head cannot see, so nothing ever frees that object (as
-every escaped ref was kept before; Ray would track the worker as a borrower).
+* each kept lineage entry of such a task (the spec of a task whose large
+  result is still referenced: re-running it unpickles the same arguments);
+* each stored value whose pickle names it (a *container*), until that
+  value is freed;
+* each process that *borrows* it: it unpickled the ref and still has an
+  ``ObjectRef`` for it (its client says so before anything it got the ref
+  from can go, and says when its ObjectRef dies; a process that dies lets
+  go of all it borrowed). A ref pickled where nothing records where it went
+  (say into a function's closure) is borrowed for good.
 
 The owner's release of a held object waits here and goes on to the scheduler
 when the count reaches zero; the scheduler then frees it once no task needs
-it as an input. Plain data, no I/O: the ``Head`` feeds it and forwards what
-it returns.
+it as an input. Plain data, no I/O: the ``Head`` feeds it and forwards the
+ids it returns as releases.
 """
 from __future__ import annotations
 
 
 class NestedRefs:
-    __slots__ = ("_holders", "by_task", "_pinned", "_released")
+    __slots__ = ("_holders", "by_task", "containers", "_borrowers", "_released")
 
     def __init__(self):
-        self._holders = {}  # object id -> how many live tasks and lineage entries hold it
-        # task id -> the object ids its arguments hold (a caller on a hot path
-        # tests this dict before calling task_ended: most tasks hold nothing)
+        self._holders = {}  # object id -> how many tasks, lineage entries, containers and borrowers hold it
+        # task id -> the object ids its arguments hold; container id -> the ids
+        # its value names (callers on hot paths test these dicts before calling)
         self.by_task = {}
-        self._pinned = set()  # ids some task kept: never released
+        self.containers = {}
+        self._borrowers = {}  # peer -> the ids it borrows
         self._released = set()  # held ids whose owner released them meanwhile
 
     def __bool__(self):
-        """Whether anything is held or pinned (a cheap test for the hot paths)."""
-        return bool(self._holders or self._pinned)
+        """Whether anything is held (a cheap test for the hot paths)."""
+        return bool(self._holders)
 
     def holds(self, object_id):
-        """How many tasks and lineage entries hold ``object_id`` now."""
+        """How many tasks, lineage entries, containers and borrowers hold ``object_id``."""
         return self._holders.get(object_id, 0)
-
-    def is_pinned(self, object_id):
-        return object_id in self._pinned
 
     # ------------------------------------------------------------- events
     def task_submitted(self, task_id, object_ids):
@@ -69,19 +68,45 @@ class NestedRefs:
         """That lineage entry is gone: the ids now free to go."""
         return self._let_go(object_ids)
 
-    def kept(self, object_ids):
-        """A task kept these refs: pin their objects for good."""
-        self._pinned.update(object_ids)
-        self._released.difference_update(object_ids)
+    def contained(self, container_id, object_ids):
+        """The value of ``container_id`` names these objects (a value stored
+        again, by a task re-run, counts once)."""
+        if object_ids and container_id not in self.containers:
+            self.containers[container_id] = object_ids
+            self._hold(object_ids)
+
+    def container_freed(self, container_id):
+        """The container's value is gone: the ids now free to go."""
+        object_ids = self.containers.pop(container_id, None)
+        return self._let_go(object_ids) if object_ids else []
+
+    def borrowed(self, peer, object_ids):
+        """``peer`` holds a ref to each of these now (once per peer and id)."""
+        mine = self._borrowers.setdefault(peer, set())
+        new = [object_id for object_id in object_ids if object_id not in mine]
+        mine.update(new)
+        self._hold(new)
+
+    def unborrowed(self, peer, object_ids):
+        """``peer`` no longer holds these: the ids now free to go."""
+        mine = self._borrowers.get(peer)
+        if not mine:
+            return []
+        gone = [object_id for object_id in object_ids if object_id in mine]
+        mine.difference_update(gone)
+        return self._let_go(gone)
+
+    def peer_gone(self, peer):
+        """``peer``'s process is gone, and its borrows with it."""
+        mine = self._borrowers.pop(peer, None)
+        return self._let_go(mine) if mine else []
 
     def releasable(self, object_ids):
         """Of the ids an owner releases, those that may go to the scheduler
-        now; held ones wait for their holders, pinned ones never go."""
-        pinned, holders, released = self._pinned, self._holders, self._released
+        now; held ones wait for their holders."""
+        holders, released = self._holders, self._released
         now = []
         for object_id in object_ids:
-            if object_id in pinned:
-                continue
             if object_id in holders:
                 released.add(object_id)
             else:
@@ -105,8 +130,7 @@ class NestedRefs:
             holders.pop(object_id, None)
             if object_id in released:
                 released.discard(object_id)
-                if object_id not in self._pinned:
-                    free.append(object_id)
+                free.append(object_id)
         return free
 
 

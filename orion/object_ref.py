@@ -4,14 +4,14 @@ Within a process there is one ``ObjectRef`` instance per object id (copies,
 unpickled ones included, are the same instance), so the death of that
 instance means the process can no longer name the object. ``LIFETIMES``
 notes those deaths (from a weakref callback: no locks, no allocation beyond
-a deque append) and which ids were pickled into values that may live
-elsewhere; the client turns the deaths into batched releases that free the
-object at the head and locally (see ``Client._flush_releases``).
+a deque append), the instances that arrived by unpickling, and the ids
+pickled where nothing records where they went; the client turns these into
+batched messages to the head: releases of its own objects, borrows of
+others' (see ``Client._flush_releases`` and ``orion.nested_refs``).
 """
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 import weakref
 
@@ -21,10 +21,18 @@ class _Lifetimes:
         self._live = {}  # object id -> weakref to its one ObjectRef instance
         self._lock = threading.Lock()
         self.released = collections.deque()  # ids whose ObjectRef died (not yet handled)
-        self.escaped = set()  # ids pickled into values (a put, a result): never released
-        # Ids whose live instance was made by unpickling: a ref of ours that a
-        # value brings back after we let go of it must be asked for again.
+        # Ids pickled where nothing records it (not into a task's arguments, a
+        # put or a result; say into a function's closure): whoever unpickles
+        # them is unknown, so they are kept for good. ``escapes``: the same ids,
+        # not yet handled by the client.
+        self.escaped = set()
+        self.escapes = collections.deque()
+        # Ids whose live instance was made by unpickling: one of others' is
+        # borrowed (the head keeps its object while we hold it), one of ours
+        # that a value brings back after we let go of it is asked for again.
+        # ``arrived``: the same ids, not yet handled by the client.
         self.revived = set()
+        self.arrived = collections.deque()
         self._recording = threading.local()
 
     def instance(self, cls, object_id, unpickled=False):
@@ -37,11 +45,12 @@ class _Lifetimes:
                 self._live[object_id] = weakref.ref(obj, lambda ref, oid=object_id: self._died(oid, ref))
                 if unpickled:
                     self.revived.add(object_id)
+                    self.arrived.append(object_id)
             return obj
 
     def _died(self, object_id, ref):
         # A weakref callback: runs at any moment, on any thread, so it takes no
-        # lock (the dict and deque operations are atomic).
+        # lock (the dict, set and deque operations are atomic).
         if self._live.get(object_id) is ref:
             self._live.pop(object_id, None)
             self.revived.discard(object_id)
@@ -52,21 +61,40 @@ class _Lifetimes:
         ref = self._live.get(object_id)
         return ref is not None and ref() is not None
 
+    def pending(self):
+        """Whether the client has deaths, arrivals or escapes to hand over."""
+        return bool(self.released or self.arrived or self.escapes)
+
     def pickled(self, object_id):
         recorder = getattr(self._recording, "ids", None)
         if recorder is not None:
             recorder.append(object_id)
-        else:
+        elif object_id not in self.escaped:
             self.escaped.add(object_id)
+            self.escapes.append(object_id)
 
-    @contextlib.contextmanager
     def recording(self):
-        """Collect the ids pickled meanwhile on this thread instead of marking them escaped."""
-        ids = self._recording.ids = []
-        try:
-            yield ids
-        finally:
-            self._recording.ids = None
+        """A context manager that collects the ids pickled meanwhile on this
+        thread (they travel with what is being pickled, which says so)
+        instead of marking them escaped; ``as`` gives their list."""
+        return _Recording(self._recording)
+
+
+class _Recording:
+    """(A class rather than a generator: it runs around every pickled result.)"""
+
+    __slots__ = ("_local", "_outer")
+
+    def __init__(self, local):
+        self._local = local
+
+    def __enter__(self):
+        self._outer = getattr(self._local, "ids", None)
+        ids = self._local.ids = []
+        return ids
+
+    def __exit__(self, *exc_info):
+        self._local.ids = self._outer
 
 
 LIFETIMES = _Lifetimes()

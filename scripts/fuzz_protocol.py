@@ -37,7 +37,8 @@ def fuzz_one(data):
             wire.decode_done(body[0], buffers)
         elif msg_type == "failed":
             wire.decode_failure(body[1])
-            wire.decode_kept(body[5])
+        elif msg_type == "release":
+            wire.decode_contained(body[3])
     except ProtocolError:
         pass
     # Also feed arbitrary msgpack structures through the record decoders.

@@ -86,8 +86,8 @@ GARBAGE = [
     [env("done", [[["t-unknown", [[b"\x80\x05N.", 3]], [1.0, 2.0]]]])],
     [env("done", [[["t-unknown", [[b"\x80\x05N.", 0]], [2.0, 1.0]]]])],
     [env("done", [["not a record"]])],
-    [env("failed", ["t-unknown", ["task_error", "boom", None], False, False, [1.0, 2.0], []])],
-    [env("failed", ["t-unknown", ["bogus", "boom", None], False, False, [1.0, 2.0], []])],
+    [env("failed", ["t-unknown", ["task_error", "boom", None], False, False, [1.0, 2.0]])],
+    [env("failed", ["t-unknown", ["bogus", "boom", None], False, False, [1.0, 2.0]])],
     [env("blocked")],
     [env("unblocked")],
     # node messages from identities that are not registered nodes
@@ -117,10 +117,13 @@ GARBAGE = [
     [env("submit", [[], [bad(10, 1)]]), b"one", b"too many"],
     [env("put", ["o-garbage", b"\x80\x05N.", 2]), b"only one buffer"],
     [env("subscribe", [[1, 2, 3]])],
-    [env("release", [[None]])],
+    [env("release", [[None], [], [], []])],
+    [env("release", [[], [None], [], []])],
+    [env("release", [[], [], [], [["box", [None]]]])],
+    [env("release", [[], [], [], [["box"]]])],
     [env("cancel", ["no-such-task", True])],
     [env("cancel", ["no-such-task", False])],
-    [env("release", [["no-such-object"]])],
+    [env("release", [["no-such-object"], ["no-such-object"], ["no-such-object"], [["no-such", ["object"]]]])],
     [env("subscribe", [["no-such-object-yet"]])],
 ]
 
@@ -303,9 +306,9 @@ def _mutations(rng, count):
     valid = {
         "hello": ["client", "c:fuzz", None, 1], "goodbye": [], "heartbeat": [],
         "submit": [[["f-fuzz", b"\x80\x05N."]], [record]], "put": ["o-fuzz", b"\x80\x05N.", 0],
-        "subscribe": [["t-fuzz.r"]], "cancel": ["t-fuzz", False], "release": [["t-fuzz.r"]], "nodes": [1],
+        "subscribe": [["t-fuzz.r"]], "cancel": ["t-fuzz", False], "release": [["t-fuzz.r"], [], [], []], "nodes": [1],
         "blocked": [[]], "unblocked": [], "done": [[["t-fuzz", [[b"\x80\x05N.", 0]], [1.0, 2.0]]]],
-        "failed": ["t-fuzz", ["task_error", "m", None], True, False, [1.0, 2.0], []], "status": [1], "timeline": [1],
+        "failed": ["t-fuzz", ["task_error", "m", None], True, False, [1.0, 2.0]], "status": [1], "timeline": [1],
         "register": ["fuzz", {"CPU": 1}, 1, "127.0.0.1", 1], "worker_died": ["fuzz-w1", "gone"],
     }
     for _ in range(count):

@@ -1,9 +1,10 @@
-"""Refs passed inside a task's arguments (``reduce.remote([a, b])``): their
-objects live while a task may use them, and are freed after (``NestedRefs``).
+"""Refs that travel beyond their owner (inside a task's arguments, inside a
+value, into a process that unpickles them): their objects live while anyone
+may use them, and are freed after (``orion.nested_refs``).
 
 Three levels: the table alone, the ``Head`` driven by hand through a fake
-transport (the order of holds, releases, lineage and pins), and clusters of
-both transports end to end."""
+transport (the order of holds, releases, lineage, containers and borrows),
+and clusters of both transports end to end."""
 from __future__ import annotations
 
 import gc
@@ -47,14 +48,27 @@ def test_a_task_submitted_twice_holds_once():
     assert refs.task_ended("t1") == []
 
 
-def test_kept_ids_are_never_released():
+def test_a_borrow_holds_until_the_borrower_lets_go_or_is_gone():
     refs = NestedRefs()
     refs.task_submitted("t1", ("a", "b"))
-    assert refs.releasable(["a"]) == []
-    refs.kept(["a"])
+    refs.borrowed("w:1", ["a", "b"])
+    refs.borrowed("w:1", ["a"])  # (once per borrower)
+    assert refs.releasable(["a", "b"]) == []
     assert refs.task_ended("t1") == []
-    assert refs.releasable(["a", "b"]) == ["b"]
-    assert refs.is_pinned("a") and not refs.is_pinned("b")
+    assert refs.unborrowed("w:1", ["a"]) == ["a"]
+    assert refs.unborrowed("w:2", ["b"]) == []  # not its borrow
+    assert refs.peer_gone("w:1") == ["b"]
+    assert not refs
+
+
+def test_a_container_holds_what_its_value_names_until_it_is_freed():
+    refs = NestedRefs()
+    refs.contained("box", ("a",))
+    refs.contained("box", ("a",))  # stored again (a re-run): counts once
+    assert refs.releasable(["a"]) == []
+    assert refs.holds("a") == 1
+    assert refs.container_freed("box") == ["a"]
+    assert refs.container_freed("box") == []
 
 
 def test_lineage_holds_like_a_task():
@@ -126,15 +140,47 @@ def test_the_head_frees_a_nested_object_once_its_owner_and_the_task_let_go():
     assert not stored(head, "inner") and "inner" not in head.store
 
 
-def test_the_head_keeps_what_the_task_kept_for_good():
+def test_the_head_keeps_what_a_worker_borrows_until_it_lets_go_or_dies():
     head = make_head()
     head.put("c:driver", "inner", (b"v", ()))
     head.submit([spec("t1", holds=("inner",))])
     head.release(["inner"])
-    head.task_done("w1", "t1", [(b"r", ())], kept=["inner"])
+    head.refs("w:w1", borrowed=["inner"])  # the task kept the ref (said before its report)
+    head.task_done("w1", "t1", [(b"r", ())])
     assert stored(head, "inner")
-    head.release(["inner"])  # (a second release changes nothing)
+    head.refs("w:w1", unborrowed=["inner"])
+    assert not stored(head, "inner")
+    head.put("c:driver", "other", (b"v", ()))
+    head.refs("w:w1", borrowed=["other"])
+    head.release(["other"])
+    assert stored(head, "other")
+    head.worker_lost("w1", "killed")
+    assert not stored(head, "other")
+
+
+def test_the_head_frees_what_a_value_names_after_the_value():
+    head = make_head()
+    head.put("c:driver", "inner", (b"v", ()))
+    head.put("c:driver", "box", (b"[inner]", ()))
+    head.refs("c:driver", contained=[["box", ["inner"]]])
+    head.release(["inner"])
     assert stored(head, "inner")
+    head.release(["box"])
+    assert not stored(head, "box") and not stored(head, "inner")
+
+
+def test_a_task_result_holds_the_refs_inside_it():
+    head = make_head()
+    head.put("w:w1", "child", (b"v", ()))
+    head.submit([spec("t1")])
+    head.task_done("w1", "t1", [(b"[child]", ())], contained=[["t10001", ["child"]]])
+    head.refs("w:w1", released=["child"])  # the worker let go of its ref (after its report)
+    assert stored(head, "child")
+    head.refs("c:driver", borrowed=["child"])  # the driver unpickled the result
+    head.release(["t10001"])
+    assert stored(head, "child")
+    head.refs("c:driver", unborrowed=["child"])
+    assert not stored(head, "child")
 
 
 def test_a_failed_task_lets_go_of_its_nested_refs():
@@ -308,12 +354,43 @@ def test_a_ref_both_top_level_and_nested_is_freed_after_the_task(cluster):
     assert head.scheduler.object_status(object_id) is None
 
 
-def test_the_workers_report_what_a_task_kept(needs_processes, make_cluster):
-    """Over the wire: a task that keeps a nested ref is reported, one that
-    does not is not (the head pins only the first)."""
+def test_a_worker_that_keeps_a_ref_borrows_it(needs_processes, make_cluster):
+    """Over the wire: a task that keeps a nested ref has its worker borrow it
+    (the head holds the object while it does); one that does not, does not."""
     make_cluster(num_workers=1)
     kept, dropped = orion.put(1), orion.put(2)
     orion.get(stash.remote([kept]))
     orion.get(total.remote([dropped]))
     head = _current_client().head
-    assert head.nested.is_pinned(kept.id) and not head.nested.is_pinned(dropped.id)
+    assert head.nested.holds(kept.id) == 1 and head.nested.holds(dropped.id) == 0
+
+
+@orion.remote
+def make_children(n):
+    return [inc.remote(i) for i in range(n)]  # refs of the worker's own, returned inside a value
+
+
+@pytest.mark.timeout(120)
+def test_refs_returned_inside_a_result_are_freed_once_nobody_holds_them(cluster):
+    for _ in range(5):
+        children = orion.get(make_children.remote(50))
+        assert orion.get(children) == list(range(1, 51))
+        del children
+    flush_releases()
+    flush_releases()
+    scheduler, head = head_counts()
+    assert scheduler < 20 and head < 20, (scheduler, head)
+
+
+@pytest.mark.timeout(120)
+def test_refs_inside_a_put_value_are_freed_with_it(cluster):
+    for _ in range(5):
+        parts = [inc.remote(i) for i in range(100)]
+        box = orion.put(parts)
+        del parts
+        flush_releases()
+        assert sum(orion.get(orion.get(box))) == sum(range(1, 101))  # the parts outlive our refs to them
+        del box
+    flush_releases()
+    scheduler, head = head_counts()
+    assert scheduler < 20 and head < 20, (scheduler, head)

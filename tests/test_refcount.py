@@ -1,6 +1,6 @@
 """Objects are freed once nothing can use them: no ObjectRef in the driver and
-no pending task that needs them. Refs that escaped into values are kept (a
-task may still use them); for refs nested in arguments see test_nested_refs."""
+no pending task that needs them (for refs that travel inside arguments and
+values, see test_nested_refs)."""
 from __future__ import annotations
 
 import gc

@@ -101,10 +101,10 @@ class EmbeddedClient(SerializingClient):
             with self.server.lock:
                 self.head.subscribe(self.peer_id, wanted)
 
-    def _send_release(self, object_ids):
+    def _send_release(self, released, borrowed, unborrowed, contained):
         with self.server.lock:
             self._release_deferred()  # (any a submit left when it failed before its lock round)
-            self.head.release(object_ids)
+            self.head.refs(self.peer_id, released, borrowed, unborrowed, contained)
             self.server.send_now()  # nodes free their copies of large values
 
     def _defer_release(self, object_ids):
@@ -127,7 +127,7 @@ class EmbeddedClient(SerializingClient):
                 object_ids.append(pending.popleft())
             except IndexError:
                 break
-        self.head.release(object_ids)
+        self.head.refs(self.peer_id, object_ids)
 
     def _send_cancel(self, task_id, force):
         with self.server.lock:

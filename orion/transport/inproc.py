@@ -282,9 +282,10 @@ class InprocClient(Client):
     def _release_local(self, object_ids):
         pass  # the store is the head's: the head frees them once no task needs them
 
-    def _send_release(self, object_ids):
+    def _send_release(self, released, borrowed, unborrowed, contained):
+        # (only releases come here: nothing is borrowed or contained in-process)
         with self.runtime.lock:
-            self.runtime.head.release(object_ids)
+            self.runtime.head.release(released)
 
     def _send_cancel(self, task_id, force):
         with self.runtime.lock:

@@ -39,7 +39,10 @@ SCHEMAS = {
     "lost": ((_S,), (_L,)),  # object id, [node ids] whose copies could not be fetched
     "subscribe": ((_L,),),  # object ids
     "cancel": ((_S,), (_BOOL,)),  # task id, force
-    "release": ((_L,),),  # object ids
+    # released (ours: free once nothing holds them), borrowed and unborrowed
+    # (others' we now hold a ref to / no longer hold), contained ([[container
+    # id, [ids its value names]]...]): see orion.nested_refs
+    "release": ((_L,), (_L,), (_L,), (_L,)),
     "nodes": ((_I,),),  # request id
     "status": ((_I,),),  # request id (orion status: nodes, task counts, object store)
     "timeline": ((_I,),),  # request id (orion.timeline: the head's task records)
@@ -49,13 +52,12 @@ SCHEMAS = {
     "rejected": ((_S,),),  # task id: a queued task sent back unstarted
     "unblocked": (),
     # times: [started, finished], wall-clock seconds (time.time()) of the run
-    # [[task id, results [[header, nbuf] inline | [nil, size] in the node's store], times(, kept)]...]
-    # kept: ids of refs nested in the task's arguments that it kept (only when any)
+    # [[task id, results [[header, nbuf] inline | [nil, size] in the node's store], times(, contained)]...]
+    # contained: [[result id, [ids of the refs its value names]]...] (only when any)
     "done": ((_L,),),
     "copied": ((_L,),),  # object ids: the worker's node now holds a copy of each
     "input_lost": ((_S,), (_S,), (_L,)),  # task id, object id, [node ids tried]: the task did not run
-    # task id, failure, retryable, cancelled, times, kept (as in done)
-    "failed": ((_S,), (_L,), (_BOOL,), (_BOOL,), (_L,), (_L,)),
+    "failed": ((_S,), (_L,), (_BOOL,), (_BOOL,), (_L,)),  # task id, failure, retryable, cancelled, times
     # worker -> head: [[task id, task name, stream, line]]; head -> driver/worker:
     # [[task id, worker pid, node id, task name, stream, line]] (orion.transport.logs)
     "logs": ((_L,),),

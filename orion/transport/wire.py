@@ -101,14 +101,12 @@ def encode_dispatch(spec, inputs, function_blob, frames):
             wire_inputs.append([object_id, header, len(buffers), None])
             frames.extend(buffers)
     return [spec.task_id, spec.name, record.function_id, function_blob, record.num_returns,
-            _wire_retry(record.retry_exceptions), args_header, len(args_buffers), wire_inputs, record.holds]
+            _wire_retry(record.retry_exceptions), args_header, len(args_buffers), wire_inputs]
 
 
 def decode_dispatch(raw, buffers):
-    """``(task id, name, function id, function blob or None, num_returns,
-    retry_exceptions, (args header, buffers), inputs, nested ref ids)``."""
-    check(isinstance(raw, list) and len(raw) == 10, "dispatch record must have 10 fields")
-    task_id, name, function_id, blob, num_returns, retry_exc, args_header, nbuf, inputs, holds = raw
+    check(isinstance(raw, list) and len(raw) == 9, "dispatch record must have 9 fields")
+    task_id, name, function_id, blob, num_returns, retry_exc, args_header, nbuf, inputs = raw
     check(isinstance(task_id, str) and isinstance(name, str) and isinstance(function_id, str),
           "dispatch ids must be strings")
     check(blob is None or isinstance(blob, bytes), "function must be bytes or nil")
@@ -117,7 +115,6 @@ def decode_dispatch(raw, buffers):
     check(isinstance(retry_exc, (bool, bytes)), "retry_exceptions must be a bool or bytes")
     check(isinstance(args_header, bytes), "arguments must be bytes")
     check(isinstance(inputs, list), "inputs must be a list")
-    holds = _holds(holds)
     cursor = BufferCursor(buffers)
     args = (args_header, cursor.take(nbuf))
     decoded_inputs = {}
@@ -130,7 +127,7 @@ def decode_dispatch(raw, buffers):
         else:
             check(isinstance(header, bytes), "an input's header must be bytes")
             decoded_inputs[object_id] = (header, cursor.take(count))
-    return task_id, name, function_id, blob, num_returns, retry_exc, args, decoded_inputs, holds
+    return task_id, name, function_id, blob, num_returns, retry_exc, args, decoded_inputs
 
 
 # ------------------------------------------------------------- stored values
@@ -196,23 +193,27 @@ def decode_results(results, cursor):
 
 
 def decode_done(records, buffers):
-    """``[(task id, values, times, kept)]`` from a ``done`` body (tasks a
-    worker ran back to back). ``kept``: the refs nested in the task's arguments
-    that it kept (a fourth field, only when there are any; see ``NestedRefs``)."""
+    """``[(task id, values, times, contained)]`` from a ``done`` body (tasks a
+    worker ran back to back). ``contained``: ``[[result id, [ids]]...]``, the
+    refs named by the values of its results (a fourth field, only when there
+    are any; see ``orion.nested_refs``)."""
     check(isinstance(records, list), "done must carry a list of records")
     cursor = BufferCursor(buffers)
     decoded = []
     for record in records:
         check(isinstance(record, list) and len(record) in (3, 4) and isinstance(record[0], str),
-              "a done record must be [task id, results, times] or [task id, results, times, kept]")
-        kept = decode_kept(record[3]) if len(record) == 4 else ()
-        decoded.append((record[0], decode_results(record[1], cursor), decode_times(record[2]), kept))
+              "a done record must be [task id, results, times] or [task id, results, times, contained]")
+        contained = decode_contained(record[3]) if len(record) == 4 else ()
+        decoded.append((record[0], decode_results(record[1], cursor), decode_times(record[2]), contained))
     return decoded
 
 
-def decode_kept(raw):
-    """The ids of refs from a task's arguments that it kept (``done``, ``failed``)."""
-    check(_is_str_list(raw), "kept refs must be a list of object ids")
+def decode_contained(raw):
+    """``[[container id, [ids]]...]``: stored values and the refs they name
+    (``done``, ``release``)."""
+    check(isinstance(raw, list) and all(isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                                        and _is_str_list(item[1]) for item in raw),
+          "contained refs must be [[container id, [object ids]]...]")
     return raw
 
 

@@ -128,8 +128,8 @@ class ZmqClient(SerializingClient):
     def _send_cancel(self, task_id, force):
         self._post(("cancel", [task_id, force], ()))
 
-    def _send_release(self, object_ids):
-        self._post(("release", [object_ids], ()))
+    def _send_release(self, released, borrowed, unborrowed, contained):
+        self._post(("release", [list(released), list(borrowed), list(unborrowed), list(contained)], ()))
 
     def nodes(self):
         return self._ask("nodes", 10)

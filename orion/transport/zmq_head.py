@@ -661,6 +661,7 @@ class HeadServer:
         else:
             self.clients.discard(identity)
             self.head.holder_lost(identity.decode("latin-1"), "its driver said goodbye")
+            self.head.peer_gone(identity.decode("latin-1"))
 
     def _on_worker_ready(self, identity, body, buffers):
         node = self._peer_node(identity)
@@ -753,8 +754,10 @@ class HeadServer:
         self.head.cancel(body[0], body[1])
 
     def _on_release(self, identity, body, buffers):
-        check(all(isinstance(i, str) for i in body[0]), "object ids must be strings")
-        self.head.release(body[0])
+        released, borrowed, unborrowed, contained = body
+        check(all(isinstance(i, str) for i in released) and all(isinstance(i, str) for i in borrowed)
+              and all(isinstance(i, str) for i in unborrowed), "object ids must be strings")
+        self.head.refs(identity.decode("latin-1"), released, borrowed, unborrowed, wire.decode_contained(contained))
 
     def _on_nodes(self, identity, body, buffers):
         self._send(identity, protocol.encode("nodes_reply", [body[0], self.node_listing()]))
@@ -802,21 +805,20 @@ class HeadServer:
         worker_id = self._peer_worker(identity)
         node_id = self.worker_nodes[worker_id]
         at = time.monotonic()
-        for task_id, values, times, kept in wire.decode_done(body[0], buffers):
+        for task_id, values, times, contained in wire.decode_done(body[0], buffers):
             expected = self.head.scheduler.return_count(task_id)
             if expected is not None and expected != len(values):
                 # Fail the task rather than drop the message: its caller must not hang.
                 self._bad_message(identity, f"task {task_id} returns {expected} values, the worker sent "
                                             f"{len(values)}")
                 self.head.task_failed(worker_id, task_id, Failure(
-                    "task_error", f"worker {worker_id} sent {len(values)} results for a task with {expected}"),
-                    kept=kept)
+                    "task_error", f"worker {worker_id} sent {len(values)} results for a task with {expected}"))
                 continue
-            self.head.task_done(worker_id, task_id, values, times, node_id, at, kept)
+            self.head.task_done(worker_id, task_id, values, times, node_id, at, contained)
 
     def _on_failed(self, identity, body, buffers):
         worker_id = self._peer_worker(identity)
-        task_id, failure, retryable, cancelled, times, kept = body
+        task_id, failure, retryable, cancelled, times = body
         times = wire.decode_times(times)
         self.head.task_failed(worker_id, task_id, wire.decode_failure(failure), retryable, cancelled, times,
-                              time.monotonic(), wire.decode_kept(kept))
+                              time.monotonic())

@@ -46,6 +46,9 @@ from .protocol import ProtocolError
 from .task_output import TaskOutput, install_logging
 from .wire_client import SerializingClient
 
+# Result types that cannot hold an ObjectRef: pickled without recording refs.
+_PLAIN = frozenset((type(None), bool, int, float, complex, str, bytes))
+
 log = logging.getLogger("orion.worker")
 
 _DONE_BATCH = 64  # finished tasks per ``done`` message, at most
@@ -95,8 +98,8 @@ class WorkerClient(SerializingClient):
     def _send_cancel(self, task_id, force):
         self.worker.send("cancel", [task_id, force])
 
-    def _send_release(self, object_ids):
-        self.worker.send("release", [object_ids])
+    def _send_release(self, released, borrowed, unborrowed, contained):
+        self.worker.send("release", [list(released), list(borrowed), list(unborrowed), list(contained)])
 
     def nodes(self):
         self.worker.send("nodes", [0])
@@ -437,7 +440,7 @@ class Worker:
             self.send("copied", [[object_id for object_id, _ in kept]])
 
     def _run_task(self, dispatch):
-        task_id, name, function_id, blob, num_returns, retry_exc, args, inputs, holds = dispatch
+        task_id, name, function_id, blob, num_returns, retry_exc, args, inputs = dispatch
         started = time.time()  # wall clock: lines up with the head's times (orion.timeline)
         self._interrupted = self._interrupt_raised = False
         with self._cancel_lock:
@@ -471,11 +474,19 @@ class Worker:
         if outcome is None:
             return
         if outcome.failure is None:
-            frames, results = [], []
+            frames, results, contained = [], [], []
             local = self.local
             try:
                 for object_id, value in zip(ids.return_ids(task_id, num_returns), outcome.values):
-                    header, buffers = serialization.dumps(value, f"the result of task {name}")
+                    if type(value) in _PLAIN:  # (no ref can hide in it)
+                        header, buffers = serialization.dumps(value, f"the result of task {name}")
+                    else:
+                        with LIFETIMES.recording() as named:
+                            header, buffers = serialization.dumps(value, f"the result of task {name}")
+                        if named:  # refs inside the value live as long as it does (orion.nested_refs)
+                            named = list(dict.fromkeys(named))
+                            contained.append([object_id, named])
+                            self.client._unreported.update(named)
                     if local is not None and serialized_size(header, buffers) > INLINE_MAX:
                         # Large: it stays in this node's store; the head only learns its size.
                         try:
@@ -489,10 +500,8 @@ class Worker:
                 outcome = execution.Outcome(failure=execution.task_failure(exc, name))
             else:
                 record = [task_id, results, [started, max(started, time.time())]]
-                if holds:  # (after the results are pickled: a ref inside one is kept)
-                    kept = _kept(holds)
-                    if kept:
-                        record.append(kept)
+                if contained:
+                    record.append(contained)
                 self._dones.append(record)
                 self._done_frames.extend(frames)
                 if self._suspended:
@@ -508,10 +517,10 @@ class Worker:
         failure = outcome.failure
         if self._dones:
             self._send_dones()
+        self._hand_over_refs()
         self.send("failed", [task_id, wire.encode_failure(Failure(failure.kind, failure.message,
                                                                   _pickle_payload(failure.payload))),
-                             outcome.retryable, outcome.cancelled, [started, max(started, time.time())],
-                             _kept(holds) if holds else []])
+                             outcome.retryable, outcome.cancelled, [started, max(started, time.time())]])
 
     def _own_values(self, task_id, results, frames):
         """Store entries for the results just reported (see ``wire.decode_done``)."""
@@ -529,8 +538,17 @@ class Worker:
         Their inputs are let go by now: unpin the files of large ones first, so
         that their next writer can recycle them as soon as the head frees them."""
         mappings.release_idle()
+        self._hand_over_refs()
         self.send("done", [self._dones], self._done_frames)
         self._dones, self._done_frames = [], []
+        self.client._reported()
+
+    def _hand_over_refs(self):
+        """Before a report: the refs our tasks got and still hold are borrowed
+        at the head first, so that what they came in (the task's arguments, a
+        value) may go once the report is in (see ``Client._flush_releases``)."""
+        if LIFETIMES.pending():
+            self.client._flush_releases(guarded=False)
 
     def _read_inputs(self, task_id, inputs):
         """Inputs with each ``Remote`` one mapped (held by this node) or fetched
@@ -687,15 +705,6 @@ _HANDLED_KEPT = 4096
 
 def _cancelled(name):
     return execution.Outcome(failure=Failure("cancelled", f"task {name} was cancelled"), cancelled=True)
-
-
-def _kept(holds):
-    """Of the refs nested in a task's arguments, those it kept: this process
-    still has an ObjectRef for one once the task is over (a global, a cache, a
-    running thread), or pickled one into a value (a result, a put). The head
-    never frees those (``orion.nested_refs``); it frees the others once
-    nothing else needs them."""
-    return [object_id for object_id in holds if LIFETIMES.alive(object_id) or object_id in LIFETIMES.escaped]
 
 
 def _child_line(name, pid, node_id, line):
