@@ -96,7 +96,8 @@ class Head:
         self._lineage_uses = {}  # object id -> lineage specs that take it as input (kept while > 0)
         self._producers = {}  # task id -> (spec, node id) of a finished task with large results
         self._rebuilding = set()  # ids of tasks re-run to make lost objects again
-        self.nested = NestedRefs()  # objects whose refs travel inside live tasks' arguments
+        self.nested = NestedRefs()  # what holds objects whose refs travel beyond their owner
+        self._result_refs = {}  # task id -> refs named by its reported results, until accepted
         self.traffic = {"in": 0, "out": 0}  # bytes through the head's socket (the transport counts)
         self.closing = False  # the whole cluster is shutting down: lost objects are not rebuilt
         self._shared = {}  # function id or task name -> the one copy that tasks point to (memory)
@@ -230,9 +231,11 @@ class Head:
         A ``Remote`` value stays in the store of ``node_id``, the worker's node.
         ``at``: when the report came (monotonic clock; lets idle workers recall
         tasks queued behind a slow one, see the scheduler's "Recall").
-        ``contained``: ``[[result id, [ids of the refs its value names]]...]``."""
-        for container_id, object_ids in contained:
-            self.nested.contained(container_id, tuple(object_ids))
+        ``contained``: ``[[result id, [ids of the refs its value names]]...]``
+        (they count once the result is accepted, before the task lets go of
+        what it held: see ``NestedRefs``)."""
+        if contained:
+            self._result_refs[task_id] = contained
         if times is not None:
             self.tasklog.reported(worker_id, task_id, times)
         if node_id is not None and any(type(v) is Remote for v in values):
@@ -241,6 +244,8 @@ class Head:
             self._producers[task_id] = (self.scheduler.task_spec(task_id), node_id)
         self._results[task_id] = values
         self._feed([ev.TaskFinished(task_id, worker_id, None if times is None else times[1] - times[0], at)])
+        if contained:
+            self._result_refs.pop(task_id, None)  # (not accepted: a stale attempt's values name nothing)
         values = self._results.pop(task_id, None)
         if values is not None:  # not accepted (a stale or cancelled attempt): free its copies
             self._producers.pop(task_id, None)
@@ -408,6 +413,9 @@ class Head:
                 producer = self._producers.pop(command.task_id, None) if self._producers else None
                 if producer is not None:
                     self._record_large(command.return_ids, values, *producer)
+                if self._result_refs:
+                    for container_id, object_ids in self._result_refs.pop(command.task_id, ()):
+                        self.nested.contained(container_id, tuple(object_ids))
                 self._store_all(command.return_ids, values, command.task_id)
                 if self.nested.by_task:
                     self._let_go(self.nested.task_ended(command.task_id))

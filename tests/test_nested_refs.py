@@ -216,6 +216,23 @@ def test_a_kept_lineage_holds_the_nested_refs_its_re_run_needs():
     assert not stored(head, "inner")
 
 
+def test_only_the_accepted_report_of_a_task_says_what_its_result_holds():
+    """A late report of a task's earlier attempt names refs of its own (say
+    children that attempt made): they must not stand for the accepted result's."""
+    head = make_head()
+    head.put("w:w1", "first-child", (b"v", ()))
+    head.put("w:w2", "second-child", (b"v", ()))
+    head.submit([spec("t1")])
+    assert head.transport.dispatched == [("w1", "t1")]
+    head.worker_lost("w1", "evicted")  # the task is retried on the next worker
+    head.worker_joined("w2", "n1")
+    assert head.transport.dispatched[-1] == ("w2", "t1")
+    head.task_done("w1", "t1", [(b"[first-child]", ())], contained=[["t10001", ["first-child"]]])  # stale
+    head.task_done("w2", "t1", [(b"[second-child]", ())], contained=[["t10001", ["second-child"]]])
+    head.release(["first-child", "second-child"])
+    assert stored(head, "second-child") and not stored(head, "first-child")
+
+
 # ----------------------------------------------------------------- end to end
 @orion.remote
 def inc(x):
