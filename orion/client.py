@@ -95,6 +95,9 @@ class Client:
         # out, so that the head learns what holds them first.
         self._unreported = set()
         self._held_back = []
+        # One hand-over at a time: a borrow taken from LIFETIMES by one thread
+        # must not reach the head after a release another thread sends.
+        self._flush_lock = threading.Lock()
 
     # ------------------------------------------------------ transport hooks
     def _send_submit(self, specs, functions):
@@ -341,6 +344,10 @@ class Client:
         calls the head next; a transport may tell the head with that call
         (``_defer_release``). ``guarded=False``: a worker's own code, outside
         its task's (no guard against the task's cancel is needed)."""
+        with self._flush_lock:
+            self._hand_over(with_next_call, guarded)
+
+    def _hand_over(self, with_next_call, guarded):
         lifetimes, prefix, borrows = LIFETIMES, self._prefix, self._borrows
         borrowed = []
         if self.nested_refs_travel:
@@ -392,7 +399,9 @@ class Client:
     def _reported(self):
         """The results whose refs held back releases are reported: let those go."""
         self._unreported.clear()
-        if self._held_back:
+        if not self._held_back:
+            return
+        with self._flush_lock:
             held, self._held_back = self._held_back, []
             freed = [object_id for object_id, ours in held if ours]
             if freed:
