@@ -351,16 +351,27 @@ class Client:
         lifetimes, prefix, borrows = LIFETIMES, self._prefix, self._borrows
         borrowed = []
         if self.nested_refs_travel:
-            for pending, still_held in ((lifetimes.arrived, lifetimes.revived), (lifetimes.escapes, None)):
-                while pending:
-                    try:
-                        object_id = pending.popleft()
-                    except IndexError:
-                        break
-                    if (object_id not in borrows and not object_id.startswith(prefix)
-                            and (still_held is None or object_id in still_held)):
-                        borrows.add(object_id)  # (an escaped one for good: never unborrowed)
-                        borrowed.append(object_id)
+            # An ObjectRef that arrived by unpickling is borrowed, even one of
+            # ours: we may have released that object when our first ObjectRef
+            # died, and now hold it again.
+            arrived, revived = lifetimes.arrived, lifetimes.revived
+            while arrived:
+                try:
+                    object_id = arrived.popleft()
+                except IndexError:
+                    break
+                if object_id in revived and object_id not in borrows:  # (still alive)
+                    borrows.add(object_id)
+                    borrowed.append(object_id)
+            escapes = lifetimes.escapes
+            while escapes:  # others' refs that escaped are borrowed for good (ours are never released)
+                try:
+                    object_id = escapes.popleft()
+                except IndexError:
+                    break
+                if not object_id.startswith(prefix) and object_id not in borrows:
+                    borrows.add(object_id)
+                    borrowed.append(object_id)
         else:  # arguments and values stay objects here: the ObjectRef itself keeps its object
             lifetimes.arrived.clear()
             lifetimes.escapes.clear()
@@ -373,19 +384,21 @@ class Client:
                 break
             if object_id in escaped:
                 continue
-            if object_id.startswith(prefix):
-                target = freed
-            elif object_id in borrows:
+            if object_id in borrows:
                 borrows.discard(object_id)
-                target = unborrowed
+                ours = False
+            elif object_id.startswith(prefix):
+                ours = True
             else:
                 continue
             if unreported and object_id in unreported:
-                self._held_back.append((object_id, target is freed))
+                self._held_back.append((object_id, ours))
             else:
-                target.append(object_id)
+                (freed if ours else unborrowed).append(object_id)
         if freed:
             self._release_local(freed)
+        if unborrowed:
+            self.store.delete_many(unborrowed)  # (a value fetched for it, if any)
         if not (freed or borrowed or unborrowed):
             return
         if with_next_call and not (borrowed or unborrowed) and self._defer_release(freed):
@@ -404,9 +417,12 @@ class Client:
         with self._flush_lock:
             held, self._held_back = self._held_back, []
             freed = [object_id for object_id, ours in held if ours]
+            unborrowed = [object_id for object_id, ours in held if not ours]
             if freed:
                 self._release_local(freed)
-            self._send_release(freed, (), [object_id for object_id, ours in held if not ours], ())
+            if unborrowed:
+                self.store.delete_many(unborrowed)
+            self._send_release(freed, (), unborrowed, ())
 
     def _release_local(self, object_ids):
         store = self.store

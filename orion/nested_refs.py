@@ -13,8 +13,9 @@ holds it beyond its owner:
   result is still referenced: re-running it unpickles the same arguments);
 * each stored value whose pickle names it (a *container*), until that
   value is freed;
-* each process that *borrows* it: it unpickled the ref and still has an
-  ``ObjectRef`` for it (its client says so before anything it got the ref
+* each process that *borrows* it: it unpickled the ref (even its owner,
+  which may have released the object before the ref came back) and still
+  has an ``ObjectRef`` for it (its client says so before anything it got the ref
   from can go, and says when its ObjectRef dies; a process that dies lets
   go of all it borrowed). A ref pickled where nothing records where it went
   (say into a function's closure) is borrowed for good.

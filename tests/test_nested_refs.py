@@ -8,6 +8,7 @@ and clusters of both transports end to end."""
 from __future__ import annotations
 
 import gc
+import random
 
 import pytest
 
@@ -411,3 +412,108 @@ def test_refs_inside_a_put_value_are_freed_with_it(cluster):
     flush_releases()
     scheduler, head = head_counts()
     assert scheduler < 20 and head < 20, (scheduler, head)
+
+
+# ------------------------------------------------------------ randomized mix
+@orion.remote
+def make(value):
+    return value
+
+
+@orion.remote
+def wrap(refs):
+    return list(refs)  # others' refs, handed on inside the result
+
+
+@orion.remote
+def wrap_large(refs):
+    return [*refs, bytes(150_000)]  # a result over the inline limit: kept in the node's store
+
+
+@orion.remote
+def spawn(count, base):
+    return [make.remote(base + k) for k in range(count)]  # refs of its own, inside the result
+
+
+@orion.remote
+def deref_sum(refs):
+    return sum(orion.get(list(refs)))
+
+
+@orion.remote
+def unbox_sum(boxes):
+    # refs inside values inside arguments
+    return sum(sum(orion.get([item for item in orion.get(box) if isinstance(item, orion.ObjectRef)]))
+               for box in boxes)
+
+
+def _random_mix(rng, steps):
+    """``steps`` random operations; returns what is still held: ``plain``
+    [(ref, value)] and ``boxes`` [(ref to a list of refs, their values)]."""
+    plain, boxes = [], []
+    counter = iter(range(1_000_000))
+    for _ in range(steps):
+        op = rng.random()
+        if op < 0.25 or len(plain) < 4:
+            value = next(counter)
+            plain.append((make.remote(value), value))
+        elif op < 0.4:
+            picked = rng.sample(plain, rng.randint(1, 4))
+            boxes.append((wrap.remote([ref for ref, _ in picked]), [value for _, value in picked]))
+        elif op < 0.45:
+            picked = rng.sample(plain, rng.randint(1, 4))
+            boxes.append((wrap_large.remote([ref for ref, _ in picked]), [value for _, value in picked]))
+        elif op < 0.5:
+            base = next(counter) * 100
+            count = rng.randint(1, 4)
+            boxes.append((spawn.remote(count, base), [base + k for k in range(count)]))
+        elif op < 0.6:
+            picked = rng.sample(plain, rng.randint(1, 4))
+            boxes.append((orion.put([ref for ref, _ in picked]), [value for _, value in picked]))
+        elif op < 0.7:
+            picked = rng.sample(plain, rng.randint(1, 4))
+            plain.append((deref_sum.remote([ref for ref, _ in picked]), sum(value for _, value in picked)))
+        elif op < 0.75 and boxes:
+            picked = rng.sample(boxes, min(len(boxes), rng.randint(1, 3)))
+            plain.append((unbox_sum.remote([box for box, _ in picked]), sum(sum(values) for _, values in picked)))
+        elif op < 0.8 and boxes:
+            # Keep the refs out of a box, drop the box: ours now hold them alone.
+            box, values = boxes.pop(rng.randrange(len(boxes)))
+            plain.extend(zip(_refs_in(orion.get(box, timeout=30)), values))
+            del box
+        elif op < 0.9:
+            for pool in (plain, boxes):
+                if len(pool) > 2:
+                    del pool[rng.randrange(len(pool))]
+            gc.collect()
+        else:
+            _check(rng.sample(plain, 1), rng.sample(boxes, min(1, len(boxes))))
+    return plain, boxes
+
+
+def _check(plain, boxes):
+    for ref, value in plain:
+        assert orion.get(ref, timeout=30) == value
+    for box, values in boxes:
+        assert orion.get(_refs_in(orion.get(box, timeout=30)), timeout=30) == values
+
+
+def _refs_in(items):
+    return [item for item in items if isinstance(item, orion.ObjectRef)]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_random_mix_of_travelling_refs_loses_nothing_and_leaks_nothing(cluster, transport, seed):
+    """Refs passed in arguments, returned inside results (others' and the
+    task's own), put inside values, and dropped at random: every ref still
+    held gives its value, and once all are dropped nothing is left."""
+    plain, boxes = _random_mix(random.Random(seed), 300)
+    _check(plain, boxes)
+    del plain, boxes
+    for _ in range(3):  # (a release can free a value whose refs are then released in turn)
+        flush_releases()
+    scheduler, head = head_counts()
+    assert scheduler < 20 and head < 20, (scheduler, head)
+    if transport == "zmq":
+        assert [node["store_bytes"] for node in orion.nodes()] == [0]
