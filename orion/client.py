@@ -334,7 +334,7 @@ class Client:
                 self._room.notify_all()
 
     # ------------------------------------------------------- ref lifetimes
-    def _flush_releases(self, with_next_call=False, guarded=True):
+    def _flush_releases(self, with_next_call=False):
         """Hand over what ``LIFETIMES`` noted, in one message: borrows of others'
         objects whose refs arrived here (before any release that could free
         what held them), releases of our objects that no ObjectRef in this
@@ -342,41 +342,72 @@ class Client:
         others' that we no longer hold (``orion.nested_refs``). Released ones
         go from our store at once. ``with_next_call``: the caller (a submit)
         calls the head next; a transport may tell the head with that call
-        (``_defer_release``). ``guarded=False``: a worker's own code, outside
-        its task's (no guard against the task's cancel is needed)."""
+        (``_defer_release``)."""
         with self._flush_lock:
-            self._hand_over(with_next_call, guarded)
+            self._hand_over(with_next_call)
 
-    def _hand_over(self, with_next_call, guarded):
-        lifetimes, prefix, borrows = LIFETIMES, self._prefix, self._borrows
-        borrowed = []
-        if self.nested_refs_travel:
-            # An ObjectRef that arrived by unpickling is borrowed, even one of
-            # ours: we may have released that object when our first ObjectRef
-            # died, and now hold it again.
-            arrived, revived = lifetimes.arrived, lifetimes.revived
-            while arrived:
-                try:
-                    object_id = arrived.popleft()
-                except IndexError:
-                    break
-                if object_id in revived and object_id not in borrows:  # (still alive)
-                    borrows.add(object_id)
-                    borrowed.append(object_id)
-            escapes = lifetimes.escapes
-            while escapes:  # others' refs that escaped are borrowed for good (ours are never released)
-                try:
-                    object_id = escapes.popleft()
-                except IndexError:
-                    break
-                if not object_id.startswith(prefix) and object_id not in borrows:
-                    borrows.add(object_id)
-                    borrowed.append(object_id)
-        else:  # arguments and values stay objects here: the ObjectRef itself keeps its object
-            lifetimes.arrived.clear()
+    def _hand_over(self, with_next_call):
+        borrowed = self._take_borrows()
+        freed, unborrowed = self._take_releases()
+        if not (freed or borrowed or unborrowed):
+            return
+        if with_next_call and not (borrowed or unborrowed) and self._defer_release(freed):
+            return
+        with self._guard():
+            self._send_release(freed, borrowed, unborrowed, ())
+
+    def _flush_borrows(self):
+        """Only the borrows (a worker's, before its report: its releases can
+        wait for its next call, off the path of the result)."""
+        with self._flush_lock:
+            borrowed = self._take_borrows()
+            if borrowed:
+                self._send_release((), borrowed, (), ())
+
+    def _take_borrows(self):
+        """The refs that arrived here and are still held, and others' that
+        escaped (borrowed for good; ours are never released): newly borrowed."""
+        lifetimes, borrows = LIFETIMES, self._borrows
+        if not self.nested_refs_travel:  # arguments and values stay objects here:
+            lifetimes.arrived.clear()  # the ObjectRef itself keeps its object
             lifetimes.escapes.clear()
+            return []
+        borrowed = []
+        # An ObjectRef that arrived by unpickling is borrowed, even one of ours:
+        # we may have released that object when our first ObjectRef died, and
+        # now hold it again.
+        arrived, revived = lifetimes.arrived, lifetimes.revived
+        while arrived:
+            try:
+                object_id = arrived.popleft()
+            except IndexError:
+                break
+            if object_id in revived and object_id not in borrows:  # (still alive)
+                borrows.add(object_id)
+                borrowed.append(object_id)
+        escapes, prefix = lifetimes.escapes, self._prefix
+        while escapes:
+            try:
+                object_id = escapes.popleft()
+            except IndexError:
+                break
+            if not object_id.startswith(prefix) and object_id not in borrows:
+                borrows.add(object_id)
+                borrowed.append(object_id)
+        return borrowed
+
+    def _take_releases(self):
+        """Ours whose ObjectRef died (released, dropped from our store) and
+        others' we borrowed (unborrowed), less those held back: named by a
+        result not reported yet (``_unreported``)."""
+        lifetimes, prefix, borrows = LIFETIMES, self._prefix, self._borrows
         released, escaped, unreported = lifetimes.released, lifetimes.escaped, self._unreported
-        freed, unborrowed = [], []
+        freed, unborrowed, held = [], [], []
+        for object_id, ours in self._held_back:
+            if object_id in unreported:
+                held.append((object_id, ours))
+            else:
+                (freed if ours else unborrowed).append(object_id)
         while released:
             try:
                 object_id = released.popleft()
@@ -392,37 +423,25 @@ class Client:
             else:
                 continue
             if unreported and object_id in unreported:
-                self._held_back.append((object_id, ours))
+                held.append((object_id, ours))
             else:
                 (freed if ours else unborrowed).append(object_id)
+        self._held_back = held
         if freed:
             self._release_local(freed)
         if unborrowed:
             self.store.delete_many(unborrowed)  # (a value fetched for it, if any)
-        if not (freed or borrowed or unborrowed):
-            return
-        if with_next_call and not (borrowed or unborrowed) and self._defer_release(freed):
-            return
-        if not guarded:
-            self._send_release(freed, borrowed, unborrowed, ())
-            return
-        with self._guard():
-            self._send_release(freed, borrowed, unborrowed, ())
+        return freed, unborrowed
 
     def _reported(self):
-        """The results whose refs held back releases are reported: let those go."""
+        """A worker's report is out: the releases its results' refs held back
+        may go, with its next call (not at once: after a report, the next
+        dispatch is what counts)."""
         self._unreported.clear()
-        if not self._held_back:
-            return
-        with self._flush_lock:
-            held, self._held_back = self._held_back, []
-            freed = [object_id for object_id, ours in held if ours]
-            unborrowed = [object_id for object_id, ours in held if not ours]
-            if freed:
-                self._release_local(freed)
-            if unborrowed:
-                self.store.delete_many(unborrowed)
-            self._send_release(freed, (), unborrowed, ())
+
+    def _releases_pending(self):
+        """Deaths or held-back releases not handed over yet."""
+        return bool(LIFETIMES.released or self._held_back)
 
     def _release_local(self, object_ids):
         store = self.store

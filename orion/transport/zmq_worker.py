@@ -46,6 +46,10 @@ from .protocol import ProtocolError
 from .task_output import TaskOutput, install_logging
 from .wire_client import SerializingClient
 
+# A worker with nothing to run hands over the releases its tasks left after
+# this long without a message (until then they wait for its next call).
+IDLE_RELEASE_MS = 5
+
 # Result types that cannot hold an ObjectRef: pickled without recording refs.
 _PLAIN = frozenset((type(None), bool, int, float, complex, str, bytes))
 
@@ -546,9 +550,11 @@ class Worker:
     def _hand_over_refs(self):
         """Before a report: the refs our tasks got and still hold are borrowed
         at the head first, so that what they came in (the task's arguments, a
-        value) may go once the report is in (see ``Client._flush_releases``)."""
-        if LIFETIMES.pending():
-            self.client._flush_releases(guarded=False)
+        value) may go once the report is in (see ``Client._flush_releases``).
+        Releases wait for our next call, or for a moment idle (``serve``):
+        off the path of the next dispatch."""
+        if LIFETIMES.arrived or LIFETIMES.escapes:
+            self.client._flush_borrows()
 
     def _read_inputs(self, task_id, inputs):
         """Inputs with each ``Remote`` one mapped (held by this node) or fetched
@@ -642,6 +648,13 @@ class Worker:
         while True:
             try:
                 self._run_queued()
+                if self.client._releases_pending():
+                    # Releases wait while tasks keep coming (sent before the
+                    # next dispatch arrives, they would delay it); idle a
+                    # moment, hand them over.
+                    if not self._receive(IDLE_RELEASE_MS):
+                        self.client._flush_releases()
+                    continue
                 self._receive()
             except KeyboardInterrupt:
                 continue  # a cancel that arrived after its task ended
