@@ -61,6 +61,16 @@ def _nested_only(pickled, args, kwargs):
     return tuple(object_id for object_id, count in extra.items() if count > 0)
 
 
+def _drained(pending):
+    """The items of a deque that other threads append to (``LIFETIMES``'
+    weakref callbacks), popped until it is empty."""
+    while pending:
+        try:
+            yield pending.popleft()
+        except IndexError:
+            return
+
+
 # A driver's get of many refs decodes them this many at a time as they arrive
 # (Client._get_in_order).
 GET_WINDOW = 64
@@ -376,21 +386,12 @@ class Client:
         # An ObjectRef that arrived by unpickling is borrowed, even one of ours:
         # we may have released that object when our first ObjectRef died, and
         # now hold it again.
-        arrived, revived = lifetimes.arrived, lifetimes.revived
-        while arrived:
-            try:
-                object_id = arrived.popleft()
-            except IndexError:
-                break
+        revived, prefix = lifetimes.revived, self._prefix
+        for object_id in _drained(lifetimes.arrived):
             if object_id in revived and object_id not in borrows:  # (still alive)
                 borrows.add(object_id)
                 borrowed.append(object_id)
-        escapes, prefix = lifetimes.escapes, self._prefix
-        while escapes:
-            try:
-                object_id = escapes.popleft()
-            except IndexError:
-                break
+        for object_id in _drained(lifetimes.escapes):
             if not object_id.startswith(prefix) and object_id not in borrows:
                 borrows.add(object_id)
                 borrowed.append(object_id)
@@ -401,18 +402,14 @@ class Client:
         others' we borrowed (unborrowed), less those held back: named by a
         result not reported yet (``_unreported``)."""
         lifetimes, prefix, borrows = LIFETIMES, self._prefix, self._borrows
-        released, escaped, unreported = lifetimes.released, lifetimes.escaped, self._unreported
+        escaped, unreported = lifetimes.escaped, self._unreported
         freed, unborrowed, held = [], [], []
         for object_id, ours in self._held_back:
             if object_id in unreported:
                 held.append((object_id, ours))
             else:
                 (freed if ours else unborrowed).append(object_id)
-        while released:
-            try:
-                object_id = released.popleft()
-            except IndexError:
-                break
+        for object_id in _drained(lifetimes.released):
             if object_id in escaped:
                 continue
             if object_id in borrows:

@@ -52,14 +52,11 @@ class NestedRefs:
     def task_submitted(self, task_id, object_ids):
         """A task whose arguments hold these objects is live (a submission
         of a task already live changes nothing)."""
-        if object_ids and task_id not in self.by_task:
-            self.by_task[task_id] = object_ids
-            self._hold(object_ids)
+        self._hold_for(self.by_task, task_id, object_ids)
 
     def task_ended(self, task_id):
         """The task is published or failed for good: the ids now free to go."""
-        object_ids = self.by_task.pop(task_id, None)
-        return self._let_go(object_ids) if object_ids else []
+        return self._let_go_of(self.by_task, task_id)
 
     def lineage_kept(self, object_ids):
         """A lineage entry of a task holding these objects is kept."""
@@ -72,14 +69,11 @@ class NestedRefs:
     def contained(self, container_id, object_ids):
         """The value of ``container_id`` names these objects (a value stored
         again, by a task re-run, counts once)."""
-        if object_ids and container_id not in self.containers:
-            self.containers[container_id] = object_ids
-            self._hold(object_ids)
+        self._hold_for(self.containers, container_id, object_ids)
 
     def container_freed(self, container_id):
         """The container's value is gone: the ids now free to go."""
-        object_ids = self.containers.pop(container_id, None)
-        return self._let_go(object_ids) if object_ids else []
+        return self._let_go_of(self.containers, container_id)
 
     def borrowed(self, peer, object_ids):
         """``peer`` holds a ref to each of these now (once per peer and id)."""
@@ -115,6 +109,15 @@ class NestedRefs:
         return now
 
     # ------------------------------------------------------------ internals
+    def _hold_for(self, table, key, object_ids):
+        if object_ids and key not in table:
+            table[key] = object_ids
+            self._hold(object_ids)
+
+    def _let_go_of(self, table, key):
+        object_ids = table.pop(key, None)
+        return self._let_go(object_ids) if object_ids else []
+
     def _hold(self, object_ids):
         holders = self._holders
         for object_id in object_ids:
