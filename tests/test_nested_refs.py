@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import random
+import types
 
 import pytest
 
@@ -381,6 +382,18 @@ def test_a_worker_that_keeps_a_ref_borrows_it(needs_processes, make_cluster):
     orion.get(total.remote([dropped]))
     head = _current_client().head
     assert head.nested.holds(kept.id) == 1 and head.nested.holds(dropped.id) == 0
+
+
+def test_the_refs_a_lost_nodes_workers_borrowed_are_let_go(needs_processes, cluster):
+    client = _current_client()
+    head, server = client.head, client.server
+    with server.lock:
+        head.put("c:other", "borrowed", (b"v", ()))
+        head.refs("w:gone-w1", borrowed=["borrowed"])
+        head.refs("c:other", released=["borrowed"])
+        assert head.scheduler.object_status("borrowed") is not None
+        server._lose_node(types.SimpleNamespace(alive=True, workers={"gone-w1": None}, node_id="gone"), "test")
+        assert head.scheduler.object_status("borrowed") is None
 
 
 @orion.remote

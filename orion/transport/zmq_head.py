@@ -567,11 +567,14 @@ class HeadServer:
 
     def _lose_node(self, node, reason):
         node.alive = False
-        for worker_id in node.workers:
+        workers = list(node.workers)
+        for worker_id in workers:
             self.worker_nodes.pop(worker_id, None)
             self.worker_functions.pop(worker_id, None)
         node.workers.clear()
         self.head.node_lost(node.node_id, reason)
+        for worker_id in workers:  # (a node that comes back starts fresh worker processes)
+            self.head.peer_gone("w:" + worker_id)
 
     def node_of_worker(self, worker_id):
         node_id = self.worker_nodes.get(worker_id)
