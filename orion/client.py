@@ -99,7 +99,7 @@ class Client:
         ids.reseed()  # ids of an earlier client in this process must not look like ours
         self._prefix = ids.prefix()  # ids with it are ours: results of our tasks, our puts
         self._dropped = set()  # released before they arrived: not to be stored
-        self._borrows = set()  # others' objects the head knows we hold a ref to
+        self._borrows = set()  # objects the head knows we hold an unpickled ref to (borrowed)
         # Ids inside results not reported yet (a worker batches its reports):
         # their releases and unborrows wait in _held_back until the report is
         # out, so that the head learns what holds them first.

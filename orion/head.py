@@ -15,8 +15,9 @@ needs the value, records new copies, tells holders to free what nothing
 uses any more, and keeps the lineage (the producing task's spec) of every
 large task result still referenced, so that a value lost with its node is
 made again by re-running its task (``_lose``). Objects whose refs travel
-inside tasks' arguments outlive their owner's release while a task may use
-them (``nested_refs.NestedRefs``).
+beyond their owner (inside arguments and values, into the processes that
+unpickle them) outlive its release while anything may use them
+(``nested_refs.NestedRefs``).
 """
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ instance means the process can no longer name the object. ``LIFETIMES``
 notes those deaths (from a weakref callback: no locks, no allocation beyond
 a deque append), the instances that arrived by unpickling, and the ids
 pickled where nothing records where they went; the client turns these into
-batched messages to the head: releases of its own objects, borrows of
-others' (see ``Client._flush_releases`` and ``orion.nested_refs``).
+batched messages to the head: releases of its own objects, borrows and
+unborrows (see ``Client._flush_releases`` and ``orion.nested_refs``).
 """
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ class _Lifetimes:
         # not yet handled by the client.
         self.escaped = set()
         self.escapes = collections.deque()
-        # Ids whose live instance was made by unpickling: one of others' is
-        # borrowed (the head keeps its object while we hold it), one of ours
-        # that a value brings back after we let go of it is asked for again.
+        # Ids whose live instance was made by unpickling: borrowed (the head
+        # keeps the object while we hold it), and one of ours that a value
+        # brings back after we let go of it is asked for again.
         # ``arrived``: the same ids, not yet handled by the client.
         self.revived = set()
         self.arrived = collections.deque()
