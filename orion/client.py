@@ -345,11 +345,11 @@ class Client:
 
     # ------------------------------------------------------- ref lifetimes
     def _flush_releases(self, with_next_call=False):
-        """Hand over what ``LIFETIMES`` noted, in one message: borrows of others'
-        objects whose refs arrived here (before any release that could free
-        what held them), releases of our objects that no ObjectRef in this
-        process names any more and that never escaped, and unborrows of
-        others' that we no longer hold (``orion.nested_refs``). Released ones
+        """Hand over what ``LIFETIMES`` noted, in one message: borrows of the
+        refs that arrived here by unpickling (before any release that could
+        free what held them), releases of our objects that no ObjectRef in
+        this process names any more and that never escaped, and unborrows of
+        those we no longer hold (``orion.nested_refs``). Released ones
         go from our store at once. ``with_next_call``: the caller (a submit)
         calls the head next; a transport may tell the head with that call
         (``_defer_release``)."""
