@@ -357,7 +357,7 @@ class Client:
             self._hand_over(with_next_call)
 
     def _hand_over(self, with_next_call):
-        borrowed = self._take_borrows()
+        borrowed = self._take_borrows() if LIFETIMES.arrived or LIFETIMES.escapes else []
         freed, unborrowed = self._take_releases()
         if not (freed or borrowed or unborrowed):
             return

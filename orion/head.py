@@ -210,6 +210,10 @@ class Head:
         objects it released (freed once nothing holds or needs them; see
         ``NestedRefs``)."""
         nested = self.nested
+        if not (contained or borrowed or unborrowed or nested):  # (a driver's plain releases)
+            if released:
+                self._feed([ev.ObjectsReleased(tuple(released))])
+            return
         for container_id, object_ids in contained:
             nested.contained(container_id, tuple(object_ids))
         if borrowed:
