@@ -15,6 +15,7 @@ import pytest
 
 import orion
 from conftest import touch, wait_for_file
+from helpers_cluster import wait_until
 from orion.api import _current_client
 from orion.head import Head, TaskRecord
 from orion.nested_refs import NestedRefs
@@ -530,3 +531,56 @@ def test_a_random_mix_of_travelling_refs_loses_nothing_and_leaks_nothing(cluster
     assert scheduler < 20 and head < 20, (scheduler, head)
     if transport == "zmq":
         assert [node["store_bytes"] for node in orion.nodes()] == [0]
+
+
+@orion.remote(max_retries=0)
+def hold_and_wait(refs, gate):
+    global _HELD
+    _HELD = list(refs)  # borrowed by this worker while it waits
+    inc.remote(0)  # (a call: the worker hands its borrows over)
+    wait_for_file(gate, timeout=60)
+    return sum(orion.get(_HELD))
+
+
+_HELD = []
+
+
+def _mix_with_killed_borrowers(rng, gates):
+    """``_random_mix`` with tasks that keep refs killed in between (their
+    workers borrowed them); returns what is still held, and the ids the
+    killed workers borrowed."""
+    plain, boxes = _random_mix(rng, 60)
+    head = _current_client().head
+    borrowed = set()
+    for gate in gates:
+        picked = [ref for ref, _ in rng.sample(plain, min(len(plain), 3))]
+        doomed = hold_and_wait.remote(picked, gate)
+        # Held by the task's arguments and by its worker's borrow:
+        wait_until(lambda: all(head.nested.holds(ref.id) >= 2 for ref in picked), 30,
+                   message="the waiting task's worker never borrowed its refs")
+        borrowed.update(ref.id for ref in picked)
+        orion.cancel(doomed, force=True)
+        with pytest.raises(orion.TaskCancelledError):
+            orion.get(doomed, timeout=30)
+        more_plain, more_boxes = _random_mix(rng, 40)
+        plain += more_plain
+        boxes += more_boxes
+    return plain, boxes, borrowed
+
+
+@pytest.mark.timeout(180)
+def test_refs_a_killed_worker_borrowed_are_freed_and_nothing_else_is(needs_processes, cluster, tmp_path):
+    """Tasks that keep refs are killed (``cancel(force=True)``) at random in
+    the mix: their workers' borrows go with them, every ref still held gives
+    its value, and once all are dropped nothing is left."""
+    plain, boxes, borrowed = _mix_with_killed_borrowers(random.Random(7),
+                                                        [str(tmp_path / f"gate{i}") for i in range(3)])
+    _check(plain, boxes)
+    del plain, boxes
+    for _ in range(3):
+        flush_releases()
+    head = _current_client().head
+    assert [i for i in borrowed if head.scheduler.object_status(i) is not None] == []
+    scheduler, head_objects = head_counts()
+    assert scheduler < 20 and head_objects < 20, (scheduler, head_objects)
+    assert [node["store_bytes"] for node in orion.nodes()] == [0]
