@@ -23,8 +23,8 @@ from .scheduler.events import TaskSpec
 from .store import mappings
 
 
-# Argument types that cannot hold an ObjectRef inside them.
-_SCALARS = frozenset((int, float, str, bytes, bool, type(None), complex))
+# Types of arguments and values that cannot hold an ObjectRef inside them.
+SCALARS = frozenset((int, float, str, bytes, bool, type(None), complex))
 
 
 def _check_timeout(timeout):
@@ -168,14 +168,14 @@ class Client:
             kind = type(value)
             if kind is ObjectRef:
                 deps.append(value.id)
-            elif kind not in _SCALARS:
+            elif kind not in SCALARS:
                 nested = True
         if kwargs:
             for value in kwargs.values():
                 kind = type(value)
                 if kind is ObjectRef:
                     deps.append(value.id)
-                elif kind not in _SCALARS:
+                elif kind not in SCALARS:
                     nested = True
         if len(deps) > 1:
             deps = list(dict.fromkeys(deps))

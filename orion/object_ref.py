@@ -56,11 +56,6 @@ class _Lifetimes:
             self.revived.discard(object_id)
             self.released.append(object_id)
 
-    def alive(self, object_id):
-        """Whether an ObjectRef instance for ``object_id`` exists in this process."""
-        ref = self._live.get(object_id)
-        return ref is not None and ref() is not None
-
     def pending(self):
         """Whether the client has deaths, arrivals or escapes to hand over."""
         return bool(self.released or self.arrived or self.escapes)

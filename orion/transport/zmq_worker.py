@@ -34,6 +34,7 @@ import cloudpickle
 import zmq
 
 from .. import api, context, execution, gc_tuning, ids, security, serialization
+from ..client import SCALARS
 from ..object_ref import LIFETIMES
 from ..object_store import Holder, ObjectStore, Remote
 from ..store import mappings
@@ -49,9 +50,6 @@ from .wire_client import SerializingClient
 # A worker with nothing to run hands over the releases its tasks left after
 # this long without a message (until then they wait for its next call).
 IDLE_RELEASE_MS = 5
-
-# Result types that cannot hold an ObjectRef: pickled without recording refs.
-_PLAIN = frozenset((type(None), bool, int, float, complex, str, bytes))
 
 log = logging.getLogger("orion.worker")
 
@@ -482,7 +480,7 @@ class Worker:
             local = self.local
             try:
                 for object_id, value in zip(ids.return_ids(task_id, num_returns), outcome.values):
-                    if type(value) in _PLAIN:  # (no ref can hide in it)
+                    if type(value) in SCALARS:  # (no ref can hide in it: nothing to record)
                         header, buffers = serialization.dumps(value, f"the result of task {name}")
                     else:
                         with LIFETIMES.recording() as named:
