@@ -319,6 +319,7 @@ def test_shutdown_leaves_no_threads_processes_or_sockets(transport):
 _EXTERNAL_CLUSTER = """
 import sys
 import orion
+from orion.api import _current_client
 info = orion.init(num_workers=2)
 print(info.address, flush=True)
 sys.stdin.read()  # until the test closes our stdin
@@ -1315,3 +1316,21 @@ def test_api_calls_before_init_raise_orion_error(tmp_path):
         orion.cluster_resources()
     with pytest.raises(orion.OrionError):
         orion.available_resources()
+
+
+def test_a_function_counts_as_sent_only_once_a_submit_carrying_it_is_out(needs_processes, cluster):
+    """Two threads submitting a function's first tasks at once: the one that
+    does not carry the pickled function must not reach the head first. So
+    every submit carries it until one that does has gone (an earlier version
+    marked it sent before the carrying submit went: the other thread's task
+    named a function the head did not have, and its dispatch was lost)."""
+    client = _current_client()
+
+    @orion.remote
+    def fresh():
+        return 1
+
+    first, second = client._new_functions(fresh), client._new_functions(fresh)
+    assert first and second and first[0][0] == second[0][0]
+    client._functions_sent(first)
+    assert client._new_functions(fresh) == []

@@ -60,8 +60,10 @@ class EmbeddedClient(SerializingClient):
         functions = self._new_functions(remote_function)
         with self.server.lock:
             self._release_deferred()
-            for function_id, blob in functions:
-                self.head.register_function(function_id, blob)
+            if functions:  # (registered before any submit may skip it)
+                for function_id, blob in functions:
+                    self.head.register_function(function_id, blob)
+                self._functions_sent(functions)
             self.head.submit(specs)
             # The dispatches, if any (a queued task needs none). With nothing of
             # ours in flight, someone waits for this task: send it from here,

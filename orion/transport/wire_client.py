@@ -80,17 +80,24 @@ class SerializingClient(Client):
         (only worker processes keep copies)."""
 
     def _new_functions(self, remote_function):
-        """``[[function id, pickled function]]`` the first time, else ``[]``."""
+        """``[[function id, pickled function]]`` until a submit carrying it has
+        gone (``_functions_sent``), else ``[]``. Marked only once it has gone:
+        a thread that skipped it must not reach the head before the submit
+        that carries it (another thread's, in flight), or its task would name
+        a function the head does not have. Two threads may both send it."""
         function_id = remote_function._function_id
         if function_id in self._sent_functions:
             return []
-        with self._functions_lock:
-            if function_id in self._sent_functions:
-                return []
+        with self._functions_lock:  # (pickled by one thread at a time)
             blob = serialization.dumps_function(remote_function._function,
                                                 f"function {remote_function._default_name}")
-            self._sent_functions.add(function_id)
-            return [[function_id, blob]]
+        return [[function_id, blob]]
+
+    def _functions_sent(self, functions):
+        """The submit carrying these (``_new_functions``) is out, in order
+        before any later one."""
+        if functions:
+            self._sent_functions.update(function_id for function_id, _ in functions)
 
     def _submit_message(self, specs, remote_function):
         """Body and buffers of a ``submit`` message for ``specs``."""

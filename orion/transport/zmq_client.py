@@ -91,6 +91,7 @@ class ZmqClient(SerializingClient):
             for spec, record in zip(specs, records):
                 self._unfinished[spec.task_id] = (record, spec.payload.args[1])
         self._post(("submit", body, frames))
+        self._functions_sent(functions)
 
     def _put_inline(self, object_id, value):
         header, buffers = value

@@ -69,6 +69,7 @@ class WorkerClient(SerializingClient):
         body, frames = self._submit_message(specs, remote_function)
         self.worker.children.update(spec.task_id for spec in specs)  # their output comes to us
         self.worker.send("submit", body, frames)
+        self._functions_sent(body[0])
 
     def _put_inline(self, object_id, value):
         header, buffers = value
