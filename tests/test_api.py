@@ -15,6 +15,7 @@ import cloudpickle
 import pytest
 
 import orion
+from orion.api import _current_client
 from conftest import (bump_counter, intervals_overlap, read_counter, start_cluster, touch,
                       wait_for_file, wait_until)
 
@@ -319,6 +320,7 @@ def test_shutdown_leaves_no_threads_processes_or_sockets(transport):
 _EXTERNAL_CLUSTER = """
 import sys
 import orion
+from orion.api import _current_client
 from orion.api import _current_client
 info = orion.init(num_workers=2)
 print(info.address, flush=True)
