@@ -310,8 +310,9 @@ class Client:
 
         def complete(object_id, _keep_alive=ref):  # (the ref keeps the object from being released)
             # Runs under the store's lock: finish the future elsewhere, since
-            # its done-callbacks are user code.
-            self._future_executor().submit(self._complete_future, future, object_id)
+            # its done-callbacks are user code. The ref goes along: released
+            # before the value is read there, the object could be freed.
+            self._future_executor().submit(self._complete_future, future, _keep_alive)
 
         self._request([ref.id])
         self.store.add_callback(ref.id, complete)
@@ -521,8 +522,8 @@ class Client:
                 self._future_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orion-futures")
             return self._future_pool
 
-    def _complete_future(self, future, object_id):
+    def _complete_future(self, future, ref):
         try:
-            future.set_result(self._value(object_id))
+            future.set_result(self._value(ref.id))
         except BaseException as exc:  # noqa: BLE001 - the future carries it
             future.set_exception(exc)
