@@ -111,3 +111,63 @@ def test_a_drain_that_ends_on_an_empty_router_leaves_its_descriptor_armed():
         context.term()
         server.start()
         server.stop()
+
+
+@pytest.fixture
+def head_submits():
+    """The batches the embedded head is handed (``Head.submit`` calls)."""
+    orion.init(num_workers=2)
+    client = _current_client()
+    head = client.server.head
+    submit = head.submit
+    batches = []
+
+    def recording(specs):
+        batches.append(len(specs))
+        return submit(specs)
+
+    head.submit = recording
+    try:
+        yield client, batches
+    finally:
+        head.submit = submit
+        orion.shutdown()
+
+
+def test_submits_behind_one_in_flight_reach_the_head_together(head_submits, tmp_path):
+    """With a task of its in flight, the driver takes no lock per submit: the
+    server thread hands the head all that piled up in one call."""
+    client, batches = head_submits
+    release = str(tmp_path / "release")
+    first = blocker.remote(release)
+    assert batches == [1]  # nothing was in flight: submitted at once
+    with client.server.lock:  # the server thread cannot take them meanwhile
+        refs = [answer.remote() for _ in range(50)]  # (would block here if a submit took the lock)
+        assert batches == [1]
+    assert orion.get(refs, timeout=30) == [42] * 50
+    assert batches == [1, 50]
+    touch(release)
+    assert orion.get(first, timeout=30) == "released"
+
+
+def test_calls_after_deferred_submits_reach_the_head_after_them(head_submits, tmp_path):
+    """A cancel (or any call) that follows submits still waiting for the server
+    thread finds the head told of them first, whichever thread takes the lock."""
+    client, batches = head_submits
+    release = str(tmp_path / "release")
+    first = blocker.remote(release)
+    server = client.server
+    server.lock.acquire()
+    try:
+        queued = blocker.remote(release)  # deferred: the lock is held
+        cancelling = threading.Thread(target=orion.cancel, args=(queued,))
+        cancelling.start()  # waits for the lock, as the server thread does
+    finally:
+        server.lock.release()
+    cancelling.join(30)
+    assert not cancelling.is_alive()
+    with pytest.raises(orion.TaskCancelledError):
+        orion.get(queued, timeout=30)
+    touch(release)
+    assert orion.get(first, timeout=30) == "released"
+    assert batches == [1, 1]

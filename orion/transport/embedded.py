@@ -5,7 +5,8 @@ The driver lives in the head's process, so it takes the short path: it calls
 the ``Head`` under the server's lock instead of sending messages over loopback
 (no msgpack, no socket hop), sends the resulting dispatches itself (no hop to
 the server thread), and the head puts the driver's values straight into the
-driver's store. Worker processes still talk to the head over ZeroMQ.
+driver's store. Submits made while others are in flight (a loop) are left to
+the server thread instead, which hands them to the head in one batch. Worker processes still talk to the head over ZeroMQ.
 The node's agent runs in this process too, so the driver maps large values
 straight from the node's shared-memory store and writes its large puts there.
 """
@@ -25,6 +26,9 @@ from .zmq_head import HeadServer
 from .zmq_node import NodeAgent
 
 
+_SUBMIT, _RELEASE = "submit", "release"  # kinds of deferred call
+
+
 class EmbeddedClient(SerializingClient):
     def __init__(self, server, node, log_to_driver=True):
         super().__init__(ObjectStore())
@@ -33,9 +37,10 @@ class EmbeddedClient(SerializingClient):
         self.head = server.head
         self.address = server.address
         self.peer_id = "c:" + uuid.uuid4().hex[:16]
-        # Released ids that go to the head with our next call under its lock
-        # (the submit under way): one lock round fewer per call (_defer_release).
-        self._deferred_releases = collections.deque()
+        # Calls kept for whoever takes the server's lock next, in call order:
+        # ``(_SUBMIT, functions, specs)`` and ``(_RELEASE, ids)`` (see
+        # _send_submit and _defer_release). A deque takes them from any thread.
+        self._deferred = collections.deque()
         # Workers' output reaches us through a callback on the head's thread.
         self._log_printer = LogPrinter() if log_to_driver else None
         store = node.store
@@ -58,27 +63,31 @@ class EmbeddedClient(SerializingClient):
     def _send_submit(self, specs, remote_function):
         in_flight = self._reserve(len(specs))
         functions = self._new_functions(remote_function)
+        if in_flight:
+            # Others of ours are in flight: we are likely submitting in a loop,
+            # faster than tasks finish. Leave the submit to the server thread,
+            # which hands the head all that piled up meanwhile in one lock
+            # round and sends the dispatches together, one message per
+            # worker: no lock round per task here, and larger batches each way.
+            self._deferred.append((_SUBMIT, functions, specs))
+            self._functions_sent(functions)  # (a later submit queues behind this one)
+            self.server.wake()
+            return
+        # Nothing of ours in flight: someone waits for this task. Submit it and
+        # send its dispatch from here, at once (the round trip's short path).
         with self.server.lock:
-            self._release_deferred()
+            self.hand_over_deferred()
             if functions:  # (registered before any submit may skip it)
                 for function_id, blob in functions:
                     self.head.register_function(function_id, blob)
                 self._functions_sent(functions)
             self.head.submit(specs)
-            # The dispatches, if any (a queued task needs none). With nothing of
-            # ours in flight, someone waits for this task: send it from here,
-            # at once. Else we are likely submitting in a loop, faster than
-            # tasks finish: leave the sending to the server thread, which sends
-            # what piled up meanwhile together, one message per worker, rather
-            # than one message per task each way.
-            if in_flight:
-                self.server.send_soon()
-            else:
-                self.server.send_now()
+            self.server.send_now()
 
     def _put_inline(self, object_id, value):
         self.store.put(object_id, value)
         with self.server.lock:
+            self.hand_over_deferred()
             self.head.put(self.peer_id, object_id, value)
             self.server.send_now()
 
@@ -87,12 +96,14 @@ class EmbeddedClient(SerializingClient):
         size = self.local.write(object_id, *value)
         self.store.put(object_id, Remote(size, (Holder(node.node_id, node.object_server.address),)))
         with self.server.lock:
+            self.hand_over_deferred()
             self.head.put(self.peer_id, object_id, Remote(size, ()), node.node_id)
             self.server.send_now()
         return True
 
     def _send_lost(self, object_id, holder_ids):
         with self.server.lock:
+            self.hand_over_deferred()
             self.head.unreachable(object_id, holder_ids)
             self.head.subscribe(self.peer_id, [object_id])
             self.server.send_now()
@@ -101,49 +112,63 @@ class EmbeddedClient(SerializingClient):
         wanted = self._to_ask(object_ids)
         if wanted:
             with self.server.lock:
+                self.hand_over_deferred()
                 self.head.subscribe(self.peer_id, wanted)
 
     def _send_release(self, released, borrowed, unborrowed, contained):
         with self.server.lock:
-            self._release_deferred()  # (any a submit left when it failed before its lock round)
+            self.hand_over_deferred()
             self.head.refs(self.peer_id, released, borrowed, unborrowed, contained)
             self.server.send_now()  # nodes free their copies of large values
 
     def _defer_release(self, object_ids):
-        # A submit follows, which takes the server's lock anyway: the head
-        # hears of these then (before the submit's dispatch, so a large result
-        # may recycle a released file), instead of in a lock round (and a wait
-        # for the server thread to let go of it) of their own. The deque takes
-        # ids from any thread; whoever holds the lock next empties it.
-        self._deferred_releases.extend(object_ids)
+        # A submit follows, which the head hears of with the next lock round
+        # anyway: these go with it (before it, so a large result may recycle a
+        # released file), instead of in a lock round (and a wait for the
+        # server thread to let go of it) of their own.
+        self._deferred.append((_RELEASE, object_ids))
         return True
 
-    def _release_deferred(self):
-        """Tell the head of the deferred releases (the caller holds the lock)."""
-        pending = self._deferred_releases
-        if not pending:
-            return
-        object_ids = []
+    def hand_over_deferred(self):
+        """Give the head the deferred submits and releases, in call order;
+        consecutive submits go as one batch. The caller holds the server's
+        lock: this thread or the server thread, whichever takes it first."""
+        pending = self._deferred
+        head = self.head
+        specs = []
         while pending:
             try:
-                object_ids.append(pending.popleft())
+                item = pending.popleft()
             except IndexError:
                 break
-        self.head.refs(self.peer_id, object_ids)
+            if item[0] is _SUBMIT:
+                for function_id, blob in item[1]:
+                    head.register_function(function_id, blob)
+                specs.extend(item[2])
+                continue
+            if specs:
+                head.submit(specs)
+                specs = []
+            head.refs(self.peer_id, item[1])
+        if specs:
+            head.submit(specs)
 
     def _send_cancel(self, task_id, force):
         with self.server.lock:
+            self.hand_over_deferred()
             self.head.cancel(task_id, force)
             self.server.send_now()
 
     def nodes(self):
         self._check_open()
         with self.server.lock:
+            self.hand_over_deferred()
             return self.server.node_listing()
 
     def timeline_records(self):
         self._check_open()
         with self.server.lock:
+            self.hand_over_deferred()
             return self.head.tasklog.records()
 
     def shutdown(self):

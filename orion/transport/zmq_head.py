@@ -385,6 +385,7 @@ class HeadServer:
                 with self.lock:
                     if self._monitor in ready:
                         self._connection_events()
+                    self._take_local_calls()
                     settled = self._drain()
                     sends = self._sends
                     now = time.monotonic()
@@ -401,6 +402,15 @@ class HeadServer:
         finally:
             with self.lock:
                 self._close()
+
+    def _take_local_calls(self):
+        """What an in-process driver deferred to this thread (its submits while
+        others of its tasks are in flight: ``EmbeddedClient._send_submit``)."""
+        for client in self.transport.local_clients.values():
+            try:
+                client.hand_over_deferred()
+            except Exception:  # a bug must not take the head down; say where it was
+                log.exception("error while taking the calls of an in-process driver")
 
     def send_now(self):
         """Send what the head buffered, from the calling thread, which holds
