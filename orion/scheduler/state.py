@@ -878,14 +878,24 @@ class Scheduler:
         if not self._ready:
             return
         tasks = self._tasks
+        out = self._out
         emptied = []
         for shape, queue in self._ready.items():
+            # Once no node can start a task of this shape and none was asked
+            # for a worker, none can for the rest of this loop: queueing behind
+            # busy workers changes no node. Skip the search for the next ones.
+            no_node = False
             while queue:
                 task = tasks.get(queue[0])
                 if task is None or task.state != READY:
                     queue.popleft()  # cancelled or failed while queued
                     continue
-                node = self._pick_node(task.spec, shape)
+                if no_node:
+                    node = None
+                else:
+                    commands = len(out)
+                    node = self._pick_node(task.spec, shape)
+                    no_node = node is None and len(out) == commands
                 if node is None:
                     limit = self._pipeline_limit(task.spec.name)
                     worker = None if limit == 0 else self._pick_pipelined(shape, len(queue), limit)
