@@ -239,24 +239,35 @@ class Head:
         ``contained``: ``[[result id, [ids of the refs its value names]]...]``
         (they count once the result is accepted, before the task lets go of
         what it held: see ``NestedRefs``)."""
-        if contained:
-            self._result_refs[task_id] = contained
-        if times is not None:
-            self.tasklog.reported(worker_id, task_id, times)
-        if node_id is not None and any(type(v) is Remote for v in values):
-            holder = (self.holders[node_id],)
-            values = [Remote(v.size, holder) if type(v) is Remote else v for v in values]
-            self._producers[task_id] = (self.scheduler.task_spec(task_id), node_id)
-        self._results[task_id] = values
-        self._feed([ev.TaskFinished(task_id, worker_id, None if times is None else times[1] - times[0], at)])
-        if contained:
-            self._result_refs.pop(task_id, None)  # (not accepted: a stale attempt's values name nothing)
-        values = self._results.pop(task_id, None)
-        if values is not None:  # not accepted (a stale or cancelled attempt): free its copies
-            self._producers.pop(task_id, None)
-            if node_id is not None:
-                self.transport.free(node_id, [r for r, v in zip(return_ids(task_id, len(values)), values)
-                                              if type(v) is Remote])
+        self.tasks_done(worker_id, [(task_id, values, times, contained)], node_id, at)
+
+    def tasks_done(self, worker_id, reports, node_id=None, at=None):
+        """``task_done`` for each ``(task id, values, times, contained)`` that one
+        worker reported together (it ran them back to back): the scheduler
+        takes them as one batch of events."""
+        results, tasklog = self._results, self.tasklog
+        events = []
+        for task_id, values, times, contained in reports:
+            if contained:
+                self._result_refs[task_id] = contained
+            if times is not None:
+                tasklog.reported(worker_id, task_id, times)
+            if node_id is not None and any(type(v) is Remote for v in values):
+                holder = (self.holders[node_id],)
+                values = [Remote(v.size, holder) if type(v) is Remote else v for v in values]
+                self._producers[task_id] = (self.scheduler.task_spec(task_id), node_id)
+            results[task_id] = values
+            events.append(ev.TaskFinished(task_id, worker_id, None if times is None else times[1] - times[0], at))
+        self._feed(events)
+        for task_id, _, _, contained in reports:
+            if contained:
+                self._result_refs.pop(task_id, None)  # (not accepted: a stale attempt's values name nothing)
+            values = results.pop(task_id, None)
+            if values is not None:  # not accepted (a stale or cancelled attempt): free its copies
+                self._producers.pop(task_id, None)
+                if node_id is not None:
+                    self.transport.free(node_id, [r for r, v in zip(return_ids(task_id, len(values)), values)
+                                                  if type(v) is Remote])
 
     def task_failed(self, worker_id, task_id, failure, retryable=False, cancelled=False, times=None, at=None):
         if times is not None:

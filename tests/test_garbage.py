@@ -352,3 +352,50 @@ def test_fuzzed_messages_from_registered_peers(caplog):
             sock.close(linger=0)
         context.term()
         server.stop()
+
+
+def test_a_done_with_a_wrong_value_count_fails_only_that_task():
+    """A worker reports two tasks in one ``done``, one of them with two values
+    for a task that returns one: that task fails (its caller must not hang),
+    the other's value is delivered, and the worker gets its next task."""
+    server = HeadServer("127.0.0.1", 0, heartbeat_interval=5).start()
+    context = zmq.Context()
+    sockets = []
+    try:
+        sockets = [dealer(context, server.address, identity) for identity in (b"n:cnt", b"w:cnt-w1", b"c:cnt")]
+        node, worker, client = sockets
+        node.send_multipart(protocol.encode("register", ["cnt", {"CPU": 1}, 1, "127.0.0.1", 1,
+                                                         {"address": "tcp://127.0.0.1:1"}]))
+        assert receive_until(node, lambda m: m[0] == "registered") is not None
+        worker.send_multipart(protocol.encode("hello", ["worker", "cnt-w1", "cnt", 2]))
+        client.send_multipart(protocol.encode("hello", ["client", "c:cnt", None, 3]))
+        assert receive_until(client, lambda m: m[0] == "welcome") is not None
+        records = [[f"ct-{i}", [f"ct-{i}.r"], [], {"CPU": 1}, 0, "f", "cf", 1, False, b"args", 0, []]
+                   for i in range(3)]
+        client.send_multipart(protocol.encode("submit", [[["cf", b"function"]], records]))
+        # One worker, three tasks: the first runs, the second is queued behind it.
+        dispatched = []
+        while len(dispatched) < 2:
+            message = receive_until(worker, lambda m: m[0] == "dispatch")
+            assert message is not None, f"only {dispatched} were dispatched"
+            dispatched += [record[0] for record in message[1][0]]
+        assert dispatched == ["ct-0", "ct-1"]
+        times = [1.0, 2.0]
+        worker.send_multipart(protocol.encode("done", [[["ct-0", [[b"zero", 0]], times],
+                                                        ["ct-1", [[b"one", 0], [b"extra", 0]], times]]]))
+        values = {}
+        while len(values) < 2:
+            message = receive_until(client, lambda m: m[0] == "objects")
+            assert message is not None, f"only {values} came back"
+            for object_id, ok, value, _ in message[1][0]:
+                values[object_id] = (ok, value)
+        assert values["ct-0.r"] == (True, b"zero")
+        ok, failure = values["ct-1.r"]
+        assert not ok and failure[0] == "task_error" and "sent 2 results" in failure[1]
+        message = receive_until(worker, lambda m: m[0] == "dispatch")
+        assert message is not None and [record[0] for record in message[1][0]] == ["ct-2"]
+    finally:
+        for sock in sockets:
+            sock.close(linger=0)
+        context.term()
+        server.stop()

@@ -818,16 +818,26 @@ class HeadServer:
         worker_id = self._peer_worker(identity)
         node_id = self.worker_nodes[worker_id]
         at = time.monotonic()
-        for task_id, values, times, contained in wire.decode_done(body[0], buffers):
-            expected = self.head.scheduler.return_count(task_id)
-            if expected is not None and expected != len(values):
-                # Fail the task rather than drop the message: its caller must not hang.
-                self._bad_message(identity, f"task {task_id} returns {expected} values, the worker sent "
-                                            f"{len(values)}")
-                self.head.task_failed(worker_id, task_id, Failure(
-                    "task_error", f"worker {worker_id} sent {len(values)} results for a task with {expected}"))
+        reports = wire.decode_done(body[0], buffers)
+        return_count = self.head.scheduler.return_count
+        good = []
+        for report in reports:
+            task_id, values = report[0], report[1]
+            expected = return_count(task_id)
+            if expected is None or expected == len(values):
+                good.append(report)
                 continue
-            self.head.task_done(worker_id, task_id, values, times, node_id, at, contained)
+            # Fail the task rather than drop the message: its caller must not hang.
+            # (The reports before it first: it may have been queued behind them.)
+            if good:
+                self.head.tasks_done(worker_id, good, node_id, at)
+                good = []
+            self._bad_message(identity, f"task {task_id} returns {expected} values, the worker sent "
+                                        f"{len(values)}")
+            self.head.task_failed(worker_id, task_id, Failure(
+                "task_error", f"worker {worker_id} sent {len(values)} results for a task with {expected}"))
+        if good:
+            self.head.tasks_done(worker_id, good, node_id, at)
 
     def _on_failed(self, identity, body, buffers):
         worker_id = self._peer_worker(identity)
