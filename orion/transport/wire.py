@@ -66,6 +66,29 @@ def decode_submit_record(raw, cursor, owner):
     check(isinstance(raw, list) and len(raw) == 12, "task record must have 12 fields")
     (task_id, return_ids, deps, demand, max_retries, name, function_id, num_returns, retry_exc,
      args_header, nbuf, holds) = raw
+    # Every field checked at once with exact types (what msgpack makes): the
+    # head takes ~100,000 records a second. Only a record that fails is
+    # looked at field by field, for the error that names what is wrong.
+    if not (type(task_id) is str and task_id and type(return_ids) is list and return_ids
+            and type(deps) is list and type(demand) is dict and type(max_retries) is int and max_retries >= -1
+            and type(name) is str and type(function_id) is str and type(num_returns) is int
+            and num_returns == len(return_ids) and type(args_header) is bytes
+            and (retry_exc is False or retry_exc is True or type(retry_exc) is bytes)
+            and all(type(v) is str for v in return_ids) and all(type(v) is str for v in deps)
+            and all(type(k) is str and (type(v) is float or type(v) is int) and v >= 0
+                    for k, v in demand.items())):
+        _check_submit_record(raw)
+    holds = _holds(holds)
+    buffers = cursor.take(nbuf)
+    record = TaskRecord(function_id, (args_header, buffers), num_returns, retry_exc, owner, holds)
+    return TaskSpec(task_id, tuple(return_ids), tuple(deps), {k: float(v) for k, v in demand.items()},
+                    max_retries, name, record, owner.startswith("w:"))
+
+
+def _check_submit_record(raw):
+    """Raise ``ProtocolError`` naming the first field of a task record that is wrong."""
+    (task_id, return_ids, deps, demand, max_retries, name, function_id, num_returns, retry_exc,
+     args_header, _, _) = raw
     check(isinstance(task_id, str) and task_id, "task id must be a non-empty string")
     check(_is_str_list(return_ids) and return_ids, "return ids must be a non-empty list of strings")
     check(_is_str_list(deps), "dependencies must be a list of strings")
@@ -80,11 +103,6 @@ def decode_submit_record(raw, cursor, owner):
           and num_returns == len(return_ids), "num_returns must match the return ids")
     check(isinstance(retry_exc, (bool, bytes)), "retry_exceptions must be a bool or pickled classes")
     check(isinstance(args_header, bytes), "arguments must be bytes")
-    holds = _holds(holds)
-    buffers = cursor.take(nbuf)
-    record = TaskRecord(function_id, (args_header, buffers), num_returns, retry_exc, owner, holds)
-    return TaskSpec(task_id, tuple(return_ids), tuple(deps), {k: float(v) for k, v in demand.items()},
-                    max_retries, name, record, owner.startswith("w:"))
 
 
 def encode_dispatch(spec, inputs, function_blob, frames):
