@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import uuid
 
+from .api import _current_client
 from .options import validate
 
 
@@ -24,8 +25,6 @@ class RemoteFunction:
                         f"use {self._default_name}.remote(...) to run it as a task")
 
     def remote(self, *args, **kwargs):
-        from .api import _current_client
-
         return _current_client().submit(self, args, kwargs, self._options)
 
     def options(self, **options):
