@@ -1253,11 +1253,8 @@ class Scheduler:
         if worker.recalled:
             worker.recalled.discard(worker.task_id)  # it ran here after all
         node = self._nodes[worker.node_id]
-        task = self._tasks[worker.task_id]
-        if worker.blocked:
-            node.blocked -= 1
-        else:
-            node.release(task.spec.demand)
+        demand = self._tasks[worker.task_id].spec.demand
+        blocked = worker.blocked
         worker.task_id = None
         worker.blocked = False
         # Nothing more behind it while tasks it was asked back are unanswered:
@@ -1265,17 +1262,30 @@ class Scheduler:
         # and must not run one we would queue behind that one.
         worker.sent_back = bool(worker.recalled)
         worker.waits = ()
-        self._node_changed(node)
         self._worker_changed(worker)
         if worker.queued:
             # The task queued behind it starts now on the worker: it takes over
-            # the resources (same demand) without a round trip.
+            # the resources without a round trip. With the same demand (tasks
+            # queue behind one of their own shape) the node is unchanged: it
+            # needs no new place in the indexes.
             following = self._tasks[worker.queued[0]]
             worker.task_id = worker.queued.pop(0)
             following.state = RUNNING
             following.attempt += 1
-            node.acquire(following.spec.demand)
+            next_demand = following.spec.demand
+            if blocked or (next_demand is not demand and next_demand != demand):
+                if blocked:
+                    node.blocked -= 1
+                else:
+                    node.release(demand)
+                node.acquire(next_demand)
+                self._node_changed(node)
             return
+        if blocked:
+            node.blocked -= 1
+        else:
+            node.release(demand)
+        self._node_changed(node)
         if worker.suspended:
             self._resume(worker, node, task_id if finished else None)
             return
