@@ -6,7 +6,8 @@ the ``Head`` under the server's lock instead of sending messages over loopback
 (no msgpack, no socket hop), sends the resulting dispatches itself (no hop to
 the server thread), and the head puts the driver's values straight into the
 driver's store. Submits made while others are in flight (a loop) are left to
-the server thread instead, which hands them to the head in one batch. Worker processes still talk to the head over ZeroMQ.
+the server thread instead, which hands them to the head in one batch. Worker
+processes still talk to the head over ZeroMQ.
 The node's agent runs in this process too, so the driver maps large values
 straight from the node's shared-memory store and writes its large puts there.
 """

@@ -326,8 +326,9 @@ class HeadServer:
         return self
 
     def wake(self):
-        """Have the server thread look at the socket and at what the head
-        buffered; cheap when a wake-up is already pending."""
+        """Have the server thread look at the socket, at what the head
+        buffered and at what an in-process driver deferred; cheap when a
+        wake-up is already pending."""
         if not self._wake_pending:
             self._wake_pending = True
             try:
@@ -421,12 +422,6 @@ class HeadServer:
         if self._closed or not self._send_pending():
             return  # (nothing sent: the socket was not touched, nothing to check)
         if self.transport.pending() or self._readable():
-            self.wake()
-
-    def send_soon(self):
-        """Have the server thread send what the head buffered (the caller
-        holds ``lock``): messages that wait meanwhile go out together."""
-        if self.transport.pending():
             self.wake()
 
     def _readable(self):
