@@ -85,6 +85,13 @@ wait_until = helpers_cluster.wait_until
 
 # -------------------------------------------------------- task-side helpers
 # (module-level, file-based: they must work inside worker processes too)
+def repo_pythonpath():
+    """``PYTHONPATH`` for a subprocess that must import this checkout's ``orion``
+    (and the dependencies this process finds through its own ``PYTHONPATH``)."""
+    inherited = os.environ.get("PYTHONPATH")
+    return os.pathsep.join([str(TESTS_DIR.parent)] + ([inherited] if inherited else []))
+
+
 def touch(path, text=""):
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import repo_pythonpath
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -16,7 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 def test_chaos_script_passes():
     done = subprocess.run(["bash", str(REPO / "scripts" / "chaos.sh"), "--duration", "12"], cwd=REPO,
                           capture_output=True, text=True, timeout=230,
-                          env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+                          env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable,
+                                   "PYTHONPATH": repo_pythonpath()})
     print(done.stdout)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PASS" in done.stdout

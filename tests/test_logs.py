@@ -19,7 +19,7 @@ import threading
 import pytest
 
 import orion
-from conftest import TESTS_DIR, touch, wait_for_file, wait_until
+from conftest import repo_pythonpath, touch, wait_for_file, wait_until
 from orion.log_printer import LogPrinter
 from orion.transport import protocol
 from orion.transport.logs import decode_peer_records, decode_worker_records
@@ -36,7 +36,7 @@ def run_driver(tmp_path, body, *, init="num_workers=2", timeout=50):
         "INIT", init))
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "PYTHONPATH": str(TESTS_DIR.parent)})
+                          env={**os.environ, "PYTHONPATH": repo_pythonpath()})
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 

@@ -16,7 +16,7 @@ import time
 import pytest
 
 import orion
-from conftest import TESTS_DIR, touch, wait_for_file
+from conftest import repo_pythonpath, touch, wait_for_file
 
 BAR_BYTES = ("\r", "\x1b", "%|", "task/s")
 
@@ -142,7 +142,7 @@ def run_on_a_terminal(command, timeout=40):
     """Run ``command`` with a pseudo-terminal (100 columns) as stdout and stderr; its output."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR.parent)}
+    env = {**os.environ, "PYTHONPATH": repo_pythonpath()}
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env,
                                close_fds=True)
     os.close(slave)
