@@ -326,7 +326,7 @@ class Head:
                         ", ".join(spec.return_ids))
         self.tasklog.submitted(list(specs.values()))
         # Inputs rebuilt after their release are freed again once used.
-        self._feed(events + [ev.TaskSubmitted(spec) for spec in specs.values()]
+        self._feed(events + [ev.TaskSubmitted(spec, rebuild=True) for spec in specs.values()]
                    + ([ev.ObjectsReleased(tuple(released))] if released else []))
 
     def _plan_rebuild(self, object_id, why, events, specs, released):

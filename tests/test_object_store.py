@@ -201,6 +201,10 @@ def test_killing_the_node_holding_an_intermediate_rebuilds_it(cluster, tmp_path)
     orion.wait([intermediate], timeout=60)
     assert len(os.listdir(markers)) == 1
     cluster.nodes[node_a].kill_group()  # SIGKILL: the only copy is gone with it
+    # The head notices before the replacement comes (on a slow machine it did
+    # anyway): the rebuild, which no live node fits then, waits for one.
+    wait_until(lambda: not any(n["alive"] for n in orion.nodes() if n["node_id"] == node_a), timeout=30,
+               message="the head never noticed that node a died")
     node_c = cluster.node_id("c")
     cluster.start_node(node_c, num_workers=1, extra=("--resources", json.dumps({"P": 1})))
     cluster.wait_registered([node_c])

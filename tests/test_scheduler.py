@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from orion.scheduler import (ASSIGNED, CANCELLED, FAILED, PENDING, READY, RUNNING, CancelRequested, Dispatch,
-                             FailTask, Failure, InterruptTask, NodeJoined, NodeLost, ObjectPut,
+                             FailTask, Failure, InterruptTask, NodeJoined, NodeLost, ObjectLost, ObjectPut,
                              ObjectsReleased, Publish, ReleaseObject, Retry, Scheduler, StartWorker,
                              StopWorker, TaskErrored, TaskFinished, TaskSpec, TaskSubmitted,
                              WorkerBlocked, WorkerJoined, WorkerLost, WorkerUnblocked, fits)
@@ -293,6 +293,26 @@ def test_infeasible_only_on_dead_nodes_is_unschedulable():
     s.handle(NodeLost("n2"))
     (fail,) = submit(s, spec("big", demand={"CPU": 4.0}))
     assert fail.failure.kind == "unschedulable"
+
+
+def test_a_rebuild_that_no_live_node_fits_waits_for_one():
+    """Its result was lost with the only node that fits it: re-run to rebuild
+    that result, the task waits for such a node (as a task queued or running
+    there would), where a user's new submit of that demand fails at once."""
+    s = make({"n1": ({"CPU": 1.0}, ["w1"]), "n2": ({"CPU": 1.0, "P": 1.0}, ["w2"])})
+    sp = spec("make", demand={"CPU": 1.0, "P": 1.0})
+    (dispatch,) = submit(s, sp)
+    assert dispatch.worker_id == "w2"
+    assert kinds(s.handle(TaskFinished("make", "w2"))) == ["Publish"]
+    s.handle(NodeLost("n2"))
+    out = s.handle_all([ObjectLost(ret("make")), TaskSubmitted(sp, rebuild=True)])
+    assert not any(isinstance(c, FailTask) for c in out), out
+    assert s.task_state("make") == READY and s.object_status(ret("make")) == PENDING
+    (fail,) = submit(s, spec("other", demand={"CPU": 1.0, "P": 1.0}))
+    assert fail.failure.kind == "unschedulable"
+    assert s.handle(NodeJoined("n3", {"CPU": 1.0, "P": 1.0}, base_workers=1)) == []
+    (dispatch,) = s.handle(WorkerJoined("w3", "n3"))
+    assert (dispatch.spec.task_id, dispatch.worker_id) == ("make", "w3")
 
 
 def test_dependent_of_unschedulable_task_fails_with_same_failure():

@@ -59,6 +59,11 @@ class TaskSpec:
 @dataclass(slots=True)
 class TaskSubmitted:
     spec: TaskSpec
+    # Re-run to rebuild its lost results (the head's lineage). Unlike a user's
+    # submit, it is not failed when no live node fits its demand: its node
+    # may just have died, and it waits for one that fits, as a task that was
+    # queued or running there does.
+    rebuild: bool = False
 
 
 @dataclass(slots=True)

@@ -442,7 +442,7 @@ class Scheduler:
                 task.waiting += 1
             elif obj.status == FAILED and failure is None:
                 failure = obj.failure
-        if failure is None and not self._feasible(spec.demand):
+        if failure is None and not event.rebuild and not self._feasible(spec.demand):
             failure = Failure("unschedulable", f"task {spec.name or spec.task_id} demands "
                                                f"{spec.demand}, which no node offers; nodes have "
                                                f"{[n.total for n in self._nodes.values() if n.alive]}")
