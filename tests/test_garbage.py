@@ -319,6 +319,23 @@ def _mutations(rng, count):
         yield msg_type, body, [b"x"] * rng.randrange(3)
 
 
+def fake_peers(context, server, name, sockets):
+    """A fake node ``name`` with one worker, and a client, as DEALERs on
+    ``server`` (appended to ``sockets`` as they are made, for the caller to
+    close): ``(node, worker, client)``, the node registered and the client
+    welcomed."""
+    for identity in (f"n:{name}", f"w:{name}-w1", f"c:{name}"):
+        sockets.append(dealer(context, server.address, identity.encode()))
+    node, worker, client = sockets[-3:]
+    node.send_multipart(protocol.encode("register", [name, {"CPU": 1}, 1, "127.0.0.1", 1,
+                                                     {"address": "tcp://127.0.0.1:1"}]))
+    assert receive_until(node, lambda m: m[0] == "registered") is not None
+    worker.send_multipart(protocol.encode("hello", ["worker", f"{name}-w1", name, 2]))
+    client.send_multipart(protocol.encode("hello", ["client", f"c:{name}", None, 3]))
+    assert receive_until(client, lambda m: m[0] == "welcome") is not None
+    return node, worker, client
+
+
 def test_fuzzed_messages_from_registered_peers(caplog):
     """A registered (fake) node, worker and client send thousands of valid-looking messages
     with junk fields: the head answers with errors, never fails inside, and keeps serving."""
@@ -327,11 +344,7 @@ def test_fuzzed_messages_from_registered_peers(caplog):
     context = zmq.Context()
     sockets = []
     try:
-        sockets = [dealer(context, server.address, identity) for identity in (b"n:fuzz", b"w:fuzz-w1", b"c:fuzz")]
-        node, worker, client = sockets
-        node.send_multipart(protocol.encode("register", ["fuzz", {"CPU": 2}, 1, "127.0.0.1", 1]))
-        worker.send_multipart(protocol.encode("hello", ["worker", "fuzz-w1", "fuzz", 2]))
-        client.send_multipart(protocol.encode("hello", ["client", "c:fuzz", None, 3]))
+        node, worker, client = fake_peers(context, server, "fuzz", sockets)
         rng = random.Random(1234)
         for msg_type, body, buffers in _mutations(rng, 3000):
             assert msg_type in SCHEMAS
@@ -362,14 +375,7 @@ def test_a_done_with_a_wrong_value_count_fails_only_that_task():
     context = zmq.Context()
     sockets = []
     try:
-        sockets = [dealer(context, server.address, identity) for identity in (b"n:cnt", b"w:cnt-w1", b"c:cnt")]
-        node, worker, client = sockets
-        node.send_multipart(protocol.encode("register", ["cnt", {"CPU": 1}, 1, "127.0.0.1", 1,
-                                                         {"address": "tcp://127.0.0.1:1"}]))
-        assert receive_until(node, lambda m: m[0] == "registered") is not None
-        worker.send_multipart(protocol.encode("hello", ["worker", "cnt-w1", "cnt", 2]))
-        client.send_multipart(protocol.encode("hello", ["client", "c:cnt", None, 3]))
-        assert receive_until(client, lambda m: m[0] == "welcome") is not None
+        node, worker, client = fake_peers(context, server, "cnt", sockets)
         records = [[f"ct-{i}", [f"ct-{i}.r"], [], {"CPU": 1}, 0, "f", "cf", 1, False, b"args", 0, []]
                    for i in range(3)]
         client.send_multipart(protocol.encode("submit", [[["cf", b"function"]], records]))
