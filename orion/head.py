@@ -224,6 +224,22 @@ class Head:
         if free:
             self._feed([ev.ObjectsReleased(tuple(free))])
 
+    def driver_gone(self, peer, why):
+        """A remote driver is gone (it said goodbye, or fell silent): what it
+        owns is released, as if every ref of its had died, so a cluster that
+        outlives its drivers does not keep their objects for good. Whatever
+        holds them beyond it (tasks, stored values, other processes'
+        borrows: ``NestedRefs``) keeps them until it lets go; its unfinished
+        tasks run on and their results are freed when they end. The values
+        it served itself (its large puts) are gone with it."""
+        owned = [object_id for object_id, owner in self.owners.items() if owner == peer]
+        if owned:
+            self.refs(peer, released=owned)
+        for peers in self.subscribers.values():
+            peers.discard(peer)
+        self.holder_lost(peer, why)
+        self.peer_gone(peer)
+
     def peer_gone(self, peer):
         """A driver or worker process is gone: so are the refs it borrowed."""
         free = self.nested.peer_gone(peer)

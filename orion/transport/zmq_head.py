@@ -61,6 +61,9 @@ _DRAIN_LIMIT = 2000  # messages handled before the loop sends what they produced
 # ~25.2-26.3k, 64 ~27.1-27.3k (tree reduction 19.0k, 18.7-19.6k, 20.1-20.2k).
 PIPELINE_DEPTH = 64
 BATCH_ITEMS = 5_000  # dispatches or values per message, at most
+# A remote driver silent for this many times a node's ``interval * liveness``
+# is taken for dead and what it owned is freed (``Head.driver_gone``).
+CLIENT_SILENCE = 4
 RECEIVE_QUEUE_MESSAGES = 10_000  # per peer, queued by ZeroMQ before the head reads them
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30  # per frame; ORION_MAX_MESSAGE_BYTES overrides
 _MAX_IPC_PATH = 100  # bytes of a Unix socket's path (sun_path holds 108 on Linux, 104 on macOS)
@@ -269,6 +272,10 @@ class HeadServer:
         self.worker_functions = {}  # worker id -> function ids it has been sent
         self.pending_workers = {}  # node id -> [worker ids] that said hello before their node registered
         self.clients = set()
+        # Remote drivers that said hello -> when they were last heard from
+        # (they heartbeat): one silent for CLIENT_SILENCE times as long as a
+        # node may be is taken for dead (see _tick).
+        self._client_seen = {}
         self.node_registered = threading.Condition()
         self._wake_read, self._wake_write = os.pipe()
         self._wake_pending = False
@@ -569,6 +576,14 @@ class HeadServer:
                 self._lose_node(node, f"missed heartbeats for {silent:.1f} s")
             else:
                 self._send(node.identity, protocol.encode("heartbeat"))
+        # A driver killed without a goodbye: what it owned would be kept for
+        # good. Drivers get longer than nodes: wrongly taken for dead, one
+        # loses its objects (a node's tasks are only re-run).
+        for identity, seen in list(self._client_seen.items()):
+            if now - seen > deadline * CLIENT_SILENCE:
+                log.warning("driver %s gone: no heartbeat for %.1f s; freeing what it owned",
+                            identity.decode("latin-1"), now - seen)
+                self._driver_gone(identity, f"its driver was silent for {now - seen:.1f} s")
 
     def _lose_node(self, node, reason):
         node.alive = False
@@ -605,6 +620,7 @@ class HeadServer:
         kind, peer_id, node_id, _pid = body
         if kind == "client":
             self.clients.add(identity)
+            self._client_seen[identity] = time.monotonic()
         elif kind == "worker":
             check(identity == worker_identity(peer_id), "a worker's identity must be w:<worker id>")
             check(isinstance(node_id, str), "a worker must name its node")
@@ -657,6 +673,8 @@ class HeadServer:
         if node is None:
             if identity[:2] == b"n:":
                 self._send(identity, protocol.encode("reregister"))
+            elif identity in self.clients:
+                self._client_seen[identity] = time.monotonic()
             return
         node.last_seen = time.monotonic()
 
@@ -667,9 +685,12 @@ class HeadServer:
             self._lose_node(node, "node shut down")
             del self.nodes[node.node_id]
         else:
-            self.clients.discard(identity)
-            self.head.holder_lost(identity.decode("latin-1"), "its driver said goodbye")
-            self.head.peer_gone(identity.decode("latin-1"))
+            self._driver_gone(identity, "its driver said goodbye")
+
+    def _driver_gone(self, identity, why):
+        self.clients.discard(identity)
+        self._client_seen.pop(identity, None)
+        self.head.driver_gone(identity.decode("latin-1"), why)
 
     def _on_worker_ready(self, identity, body, buffers):
         node = self._peer_node(identity)

@@ -1,0 +1,95 @@
+"""A remote driver's objects go with it. A cluster outlives the scripts that use
+it: when a driver says goodbye, or is killed and falls silent, the head
+releases everything it owned (task results, inline and large puts), as if
+every ref of its had died. What another process still holds a ref to stays
+until that process lets go."""
+from __future__ import annotations
+
+import gc
+import json
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import orion
+from helpers_cluster import run_orion, subprocess_env, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+DRIVER = textwrap.dedent("""
+    import os, pickle, signal, sys
+    import numpy as np
+    import orion
+
+    orion.init(address=sys.argv[1])
+
+    @orion.remote
+    def small(i):
+        return i
+
+    @orion.remote
+    def big(i):
+        return np.full(250_000, float(i))  # 2 MB: kept in the node's store
+
+    refs = [small.remote(i) for i in range(50)] + [big.remote(i) for i in range(3)]
+    assert orion.get(refs)[:3] == [0, 1, 2]
+    puts = [orion.put(list(range(100))), orion.put(np.zeros(300_000))]  # inline, and served by this driver
+    shared = big.remote(7)
+    orion.get(shared)
+    print(pickle.dumps(shared).hex(), flush=True)  # another process takes a ref to it
+    sys.stdin.readline()  # until the test says go
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    orion.shutdown()
+    print("bye", flush=True)
+""")
+
+
+@orion.remote
+def total(array):
+    return float(array.sum())
+
+
+def store_counts(address):
+    result = run_orion("status", "--address", address, "--json", timeout=30)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    return status["object_store_objects"], status["node_store_objects"]
+
+
+@pytest.mark.parametrize("exit_mode", ["goodbye", "kill"])
+def test_what_a_driver_owned_is_freed_when_it_exits_except_what_others_hold(local_cluster, exit_mode):
+    local_cluster.start_head()
+    node_id = local_cluster.node_id("a")
+    local_cluster.start_node(node_id, num_workers=1)
+    local_cluster.wait_registered([node_id])
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, local_cluster.address, exit_mode],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=subprocess_env())
+    try:
+        shared_hex = driver.stdout.readline().strip()
+        assert shared_hex, "the driver printed no ref"
+        orion.init(address=local_cluster.address)
+        shared = pickle.loads(bytes.fromhex(shared_hex))  # this process now borrows it...
+        assert orion.get(total.remote(shared), timeout=30) == 7.0 * 250_000  # ...and the head knows
+        orion.get([])  # (a get hands over the release of that result: only the driver's are left)
+        objects, files = store_counts(local_cluster.address)
+        assert (objects, files) == (56, 5)  # the driver's objects, all still there
+        driver.stdin.write("go\n")
+        driver.stdin.flush()
+        assert driver.wait(timeout=30) == (0 if exit_mode == "goodbye" else -9)
+        # Killed, it is taken for dead after 4 x 5 x 0.2 s without a heartbeat.
+        wait_until(lambda: store_counts(local_cluster.address) == (1, 1), timeout=30,
+                   message=lambda: f"(head objects, node files) left: {store_counts(local_cluster.address)}")
+        assert float(orion.get(shared, timeout=30).sum()) == 7.0 * 250_000  # what we hold stays
+        del shared
+        gc.collect()
+        orion.get([])  # hands the release over
+        wait_until(lambda: store_counts(local_cluster.address) == (0, 0), timeout=30,
+                   message=lambda: f"(head objects, node files) left: {store_counts(local_cluster.address)}")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
