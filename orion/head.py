@@ -226,19 +226,28 @@ class Head:
 
     def driver_gone(self, peer, why):
         """A remote driver is gone (it said goodbye, or fell silent): what it
-        owns is released, as if every ref of its had died, so a cluster that
-        outlives its drivers does not keep their objects for good. Whatever
-        holds them beyond it (tasks, stored values, other processes'
-        borrows: ``NestedRefs``) keeps them until it lets go; its unfinished
-        tasks run on and their results are freed when they end. The values
-        it served itself (its large puts) are gone with it."""
-        owned = [object_id for object_id, owner in self.owners.items() if owner == peer]
-        if owned:
-            self.refs(peer, released=owned)
-        for peers in self.subscribers.values():
-            peers.discard(peer)
+        owned goes (``owners_gone``); so do the values it served itself (its
+        large puts)."""
+        self.owners_gone([peer])
         self.holder_lost(peer, why)
-        self.peer_gone(peer)
+
+    def owners_gone(self, peers):
+        """These processes (drivers, worker processes) are gone: what each
+        owned is released, as if every ref of its had died, so a cluster that
+        outlives them does not keep their objects (results of the tasks they
+        submitted, their puts) for good. Whatever holds them beyond their
+        owner (tasks, stored values, other processes' borrows: ``NestedRefs``)
+        keeps them until it lets go; unfinished tasks run on and their results
+        are freed when they end. Their borrows go too. One pass over the
+        owner table for all of them (a lost node loses all its workers)."""
+        peers = set(peers)
+        owned = [object_id for object_id, owner in self.owners.items() if owner in peers]
+        if owned:
+            self.refs(None, released=owned)
+        for subscribed in self.subscribers.values():
+            subscribed.difference_update(peers)
+        for peer in peers:
+            self.peer_gone(peer)
 
     def peer_gone(self, peer):
         """A driver or worker process is gone: so are the refs it borrowed."""
@@ -410,7 +419,7 @@ class Head:
 
     def worker_lost(self, worker_id, reason):
         self._feed([ev.WorkerLost(worker_id, reason)])
-        self.peer_gone("w:" + worker_id)  # (the peer id a worker process speaks as)
+        self.owners_gone(["w:" + worker_id])  # (the peer id a worker process speaks as)
 
     def later(self, event):
         """Queue an event raised while carrying out a command (no re-entry)."""

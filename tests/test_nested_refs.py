@@ -584,3 +584,40 @@ def test_refs_a_killed_worker_borrowed_are_freed_and_nothing_else_is(needs_proce
     scheduler, head_objects = head_counts()
     assert scheduler < 20 and head_objects < 20, (scheduler, head_objects)
     assert [node["store_bytes"] for node in orion.nodes()] == [0]
+
+
+_KEPT = []
+
+
+@orion.remote
+def keep_children_and_wait(count, gate):
+    """Submits children and keeps their refs in a global: its worker owns
+    their results and never releases them while it lives."""
+    _KEPT.extend(inc.remote(i) for i in range(count))
+    orion.get(_KEPT[-count:])
+    wait_for_file(gate, timeout=60)
+    return 0
+
+
+@pytest.mark.timeout(120)
+def test_what_a_killed_worker_owned_is_freed(needs_processes, cluster, tmp_path):
+    """A worker process owns the results of the tasks its tasks submit. Killed
+    (``cancel(force=True)``) while it still held refs to them, its objects
+    are released as a departed driver's are, instead of kept for good."""
+    head = _current_client().head
+    doomed = keep_children_and_wait.remote(20, str(tmp_path / "gate"))
+
+    def owned_by_workers():
+        return [object_id for object_id, owner in list(head.owners.items()) if owner.startswith("w:")]
+
+    owned = wait_until(lambda: len(owned_by_workers()) >= 20 and owned_by_workers(), 30,
+                       message=lambda: f"the task's children are not all in: {owned_by_workers()}")
+    wait_until(lambda: all(head.scheduler.object_status(i) == "ready" for i in owned), 30,
+               message="the children did not finish")
+    orion.cancel(doomed, force=True)
+    with pytest.raises(orion.TaskCancelledError):
+        orion.get(doomed, timeout=30)
+    flush_releases()
+    wait_until(lambda: all(head.scheduler.object_status(i) is None for i in owned), 30,
+               message=lambda: f"kept: {[i for i in owned if head.scheduler.object_status(i) is not None]}")
+    assert [i for i in owned if i in head.store] == []

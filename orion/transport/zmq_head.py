@@ -593,8 +593,8 @@ class HeadServer:
             self.worker_functions.pop(worker_id, None)
         node.workers.clear()
         self.head.node_lost(node.node_id, reason)
-        for worker_id in workers:  # (a node that comes back starts fresh worker processes)
-            self.head.peer_gone("w:" + worker_id)
+        # (a node that comes back starts fresh worker processes)
+        self.head.owners_gone(["w:" + worker_id for worker_id in workers])
 
     def node_of_worker(self, worker_id):
         node_id = self.worker_nodes.get(worker_id)
