@@ -237,11 +237,23 @@ class Head:
         outlives them does not keep their objects (results of the tasks they
         submitted, their puts) for good. Whatever holds them beyond their
         owner (tasks, stored values, other processes' borrows: ``NestedRefs``)
-        keeps them until it lets go; unfinished tasks run on and their results
-        are freed when they end. Their borrows go too. One pass over the
-        owner table for all of them (a lost node loses all its workers)."""
+        keeps them until it lets go. Their unfinished tasks whose results
+        nothing else holds would run for nothing: they are cancelled (as Ray
+        does a dead owner's); the others run on. Their borrows go too. One
+        pass over the owner table for all of them (a lost node loses all its
+        workers)."""
         peers = set(peers)
         owned = [object_id for object_id, owner in self.owners.items() if owner in peers]
+        scheduler, holds = self.scheduler, self.nested.holds
+        cancels = []
+        for object_id in owned:
+            if object_id.endswith("0001"):  # (a task's first return: one check per task)
+                spec = scheduler.task_spec(task_of(object_id))
+                if spec is not None and not any(holds(r) for r in spec.return_ids):
+                    cancels.append(ev.CancelRequested(spec.task_id, False))
+        if cancels:
+            log.info("cancelling %d unfinished task(s) of a departed owner", len(cancels))
+            self._feed(cancels)
         if owned:
             self.refs(None, released=owned)
         for subscribed in self.subscribers.values():

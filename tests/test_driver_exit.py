@@ -93,3 +93,68 @@ def test_what_a_driver_owned_is_freed_when_it_exits_except_what_others_hold(loca
         if driver.poll() is None:
             driver.kill()
             driver.wait()
+
+
+BUSY_DRIVER = textwrap.dedent("""
+    import os, sys, time
+    import orion
+
+    orion.init(address=sys.argv[1])
+
+    @orion.remote
+    def wait_for(path):
+        while not os.path.exists(path):  # (interrupted by a cancel)
+            time.sleep(0.02)
+        return "released"
+
+    @orion.remote
+    def small(i):
+        return i
+
+    running = wait_for.remote(sys.argv[3])
+    queued = [small.remote(i) for i in range(200)]  # behind it, on the only worker
+    print("submitted", flush=True)
+    sys.stdin.readline()
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), __import__("signal").SIGKILL)
+    orion.shutdown()
+""")
+
+
+@orion.remote
+def answer():
+    return 42
+
+
+@pytest.mark.parametrize("exit_mode", ["goodbye", "kill"])
+def test_a_departed_drivers_tasks_are_cancelled(local_cluster, exit_mode, tmp_path):
+    """Nothing else waits for them: they would only keep the cluster busy."""
+    local_cluster.start_head()
+    node_id = local_cluster.node_id("a")
+    local_cluster.start_node(node_id, num_workers=1)
+    local_cluster.wait_registered([node_id])
+    driver = subprocess.Popen([sys.executable, "-c", BUSY_DRIVER, local_cluster.address, exit_mode,
+                               str(tmp_path / "never")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=subprocess_env())
+    try:
+        assert driver.stdout.readline().strip() == "submitted"
+        orion.init(address=local_cluster.address)
+
+        def live_tasks():
+            result = run_orion("status", "--address", local_cluster.address, "--json", timeout=30)
+            assert result.returncode == 0, result.stderr
+            return sum(json.loads(result.stdout)["tasks"].values())
+
+        wait_until(lambda: live_tasks() == 201, timeout=30, message=lambda: f"{live_tasks()} tasks live")
+        driver.stdin.write("go\n")
+        driver.stdin.flush()
+        assert driver.wait(timeout=30) == (0 if exit_mode == "goodbye" else -9)
+        wait_until(lambda: live_tasks() == 0, timeout=30, message=lambda: f"{live_tasks()} tasks still live")
+        assert orion.get(answer.remote(), timeout=30) == 42  # the worker is free: its task was interrupted
+        orion.get([])  # (hands over the release of that result)
+        wait_until(lambda: store_counts(local_cluster.address) == (0, 0), timeout=30,
+                   message=lambda: f"(head objects, node files) left: {store_counts(local_cluster.address)}")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()

@@ -143,6 +143,25 @@ def test_the_head_frees_a_nested_object_once_its_owner_and_the_task_let_go():
     assert not stored(head, "inner") and "inner" not in head.store
 
 
+def test_a_departed_owners_tasks_are_cancelled_unless_another_holds_their_results():
+    head = make_head()
+    head.submit([spec("running"), spec("borrowed"), spec("queued")])  # one worker: two wait
+    head.refs("c:other", borrowed=["borrowed0001"])  # another driver got a ref to its result
+    head.put("c:driver", "value", (b"v", ()))
+    head.owners_gone(["c:driver"])
+    assert head.scheduler.task_state("borrowed") is not None  # someone waits for it: it runs
+    assert head.scheduler.task_state("queued") is None  # cancelled
+    assert head.scheduler.task_state("running") is not None  # asked to stop (interrupted)...
+    head.task_failed("w1", "running", Failure("cancelled", "interrupted"), cancelled=True)
+    assert head.scheduler.task_state("running") is None  # ...and stopped
+    assert not stored(head, "value") and not stored(head, "queued0001")  # released
+    assert stored(head, "borrowed0001")
+    head.task_done("w1", "borrowed", [(b"r", ())])
+    assert stored(head, "borrowed0001")  # the other driver holds it
+    head.refs("c:other", unborrowed=["borrowed0001"])
+    assert not stored(head, "borrowed0001")
+
+
 def test_the_head_keeps_what_a_worker_borrows_until_it_lets_go_or_dies():
     head = make_head()
     head.put("c:driver", "inner", (b"v", ()))
