@@ -61,9 +61,10 @@ def _nested_only(pickled, args, kwargs):
     return tuple(object_id for object_id, count in extra.items() if count > 0)
 
 
-def _drained(pending):
+def drained(pending):
     """The items of a deque that other threads append to (``LIFETIMES``'
-    weakref callbacks), popped until it is empty."""
+    weakref callbacks, an embedded driver's deferred calls), popped until
+    it is empty."""
     while pending:
         try:
             yield pending.popleft()
@@ -388,11 +389,11 @@ class Client:
         # we may have released that object when our first ObjectRef died, and
         # now hold it again.
         revived, prefix = lifetimes.revived, self._prefix
-        for object_id in _drained(lifetimes.arrived):
+        for object_id in drained(lifetimes.arrived):
             if object_id in revived and object_id not in borrows:  # (still alive)
                 borrows.add(object_id)
                 borrowed.append(object_id)
-        for object_id in _drained(lifetimes.escapes):
+        for object_id in drained(lifetimes.escapes):
             if not object_id.startswith(prefix) and object_id not in borrows:
                 borrows.add(object_id)
                 borrowed.append(object_id)
@@ -410,7 +411,7 @@ class Client:
                 held.append((object_id, ours))
             else:
                 (freed if ours else unborrowed).append(object_id)
-        for object_id in _drained(lifetimes.released):
+        for object_id in drained(lifetimes.released):
             if object_id in escaped:
                 continue
             if object_id in borrows:

@@ -18,6 +18,7 @@ import os
 import sys
 import uuid
 
+from ..client import drained
 from ..errors import OrionError
 from ..log_printer import LogPrinter
 from ..object_store import Holder, ObjectStore, Remote
@@ -134,14 +135,11 @@ class EmbeddedClient(SerializingClient):
         """Give the head the deferred submits and releases, in call order;
         consecutive submits go as one batch. The caller holds the server's
         lock: this thread or the server thread, whichever takes it first."""
-        pending = self._deferred
+        if not self._deferred:  # (nearly always, on the server thread's every pass)
+            return
         head = self.head
         specs = []
-        while pending:
-            try:
-                item = pending.popleft()
-            except IndexError:
-                break
+        for item in drained(self._deferred):
             if item[0] is _SUBMIT:
                 for function_id, blob in item[1]:
                     head.register_function(function_id, blob)
