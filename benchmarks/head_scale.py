@@ -493,7 +493,7 @@ def micro(nodes, tasks, total_workers, depth=2, like_head=False):
     workers_per_node = max(1, total_workers // nodes)
     duration = None
     if like_head:
-        from orion.transport.zmq_head import PIPELINE_DEPTH
+        from orion.transport.base import PIPELINE_DEPTH
 
         depth, duration = PIPELINE_DEPTH, 1e-5
         s = Scheduler(adaptive_pipelining=True)

@@ -34,7 +34,7 @@ from ..scheduler.events import Failure
 from ..store.node_store import remove_dirs
 from . import protocol, wire
 from .frames import send_frames
-from .base import HeadTransport
+from .base import PIPELINE_DEPTH, HeadTransport
 from .logs import LogForwarder
 from .protocol import ProtocolError, check
 
@@ -52,14 +52,6 @@ _POLLIN = int(zmq.POLLIN)  # (a plain int: the enum's & is slow on the hot path)
 _DRAIN_LIMIT = 2000  # messages handled before the loop sends what they produced
 
 
-# Tasks a busy worker may have queued behind its current one, at most; how
-# many it really gets is its task's run time's worth of PIPELINE_BUDGET
-# (Scheduler._pipeline_limit), so only tiny tasks go this deep. A worker
-# reports after running its queue dry, so a deeper queue is fewer bubbles and
-# fewer done messages per task. No-op tasks/s, 2 cores: depth 1 ~12k, 2 ~15k,
-# 8 ~24k; in fresh processes, medians of 5-6 A/B runs: 16 ~24.3k, 32
-# ~25.2-26.3k, 64 ~27.1-27.3k (tree reduction 19.0k, 18.7-19.6k, 20.1-20.2k).
-PIPELINE_DEPTH = 64
 BATCH_ITEMS = 5_000  # dispatches or values per message, at most
 # A remote driver silent for this many times a node's ``interval * liveness``
 # is taken for dead and what it owned is freed (``Head.driver_gone``).
