@@ -129,3 +129,21 @@ def test_a_result_does_not_wait_for_the_task_queued_behind_it_when_it_ran_long()
     assert orion.get(first, timeout=5)[0] == 1
     GATE.set()
     assert [index for index, _ in orion.get([second, third], timeout=10)] == [2, 3]
+
+
+def test_force_cancel_leaves_the_tasks_queued_behind_to_a_fresh_worker_exactly_once():
+    orion.init(transport="inproc", num_workers=1)
+    orion.get([step.remote(-1) for _ in range(200)])  # history: quick
+    long = step.remote(0, wait=True)
+    assert STARTED.wait(10)
+    queued = [step.remote(i) for i in range(1, 51)]  # one worker: queued behind the long task
+    old = [w for w in threading.enumerate() if w.name.startswith("orion-worker")]
+    orion.cancel(long, force=True)  # abandons the thread (it cannot be killed) and starts another
+    assert [index for index, _ in orion.get(queued, timeout=20)] == list(range(1, 51))
+    with pytest.raises(orion.TaskCancelledError):
+        orion.get(long, timeout=10)
+    GATE.set()  # the abandoned thread's task returns; it must run nothing else
+    for thread in old:
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    assert all(RUNS[i] == 1 for i in range(1, 51)), "a task queued on the abandoned thread ran twice"
