@@ -147,3 +147,21 @@ def test_force_cancel_leaves_the_tasks_queued_behind_to_a_fresh_worker_exactly_o
         thread.join(timeout=10)
         assert not thread.is_alive()
     assert all(RUNS[i] == 1 for i in range(1, 51)), "a task queued on the abandoned thread ran twice"
+
+
+def test_cancelling_a_task_queued_on_a_busy_worker_skips_it_and_no_other():
+    orion.init(transport="inproc", num_workers=1)
+    orion.get([step.remote(-1) for _ in range(200)])  # history: quick
+    long = step.remote(0, wait=True)
+    assert STARTED.wait(10)
+    queued = [step.remote(i) for i in range(1, 21)]  # one worker: queued behind the long task
+    orion.cancel(queued[4])
+    GATE.set()
+    assert orion.get(long, timeout=10)[0] == 0
+    for i, ref in enumerate(queued, start=1):
+        if i == 5:
+            with pytest.raises(orion.TaskCancelledError):
+                orion.get(ref, timeout=10)
+        else:
+            assert orion.get(ref, timeout=10)[0] == i
+    assert RUNS[5] == 0 and all(RUNS[i] == 1 for i in range(1, 21) if i != 5)
