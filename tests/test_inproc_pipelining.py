@@ -75,6 +75,17 @@ def _count_reports(head):
     return sizes
 
 
+def _long_task_after_quick_history(num_workers):
+    """An in-process runtime whose scheduler knows ``step`` as quick (so
+    pipelining queues many behind a busy worker), running one ``step`` that
+    waits for GATE; returns its ref."""
+    orion.init(transport="inproc", num_workers=num_workers)
+    orion.get([step.remote(-1) for _ in range(200)])
+    long = step.remote(0, wait=True)
+    assert STARTED.wait(10)
+    return long
+
+
 def test_tiny_tasks_are_reported_together_and_failures_stay_with_their_tasks():
     orion.init(transport="inproc", num_workers=2)
     sizes = _count_reports(api._client.runtime.head)
@@ -90,11 +101,7 @@ def test_tiny_tasks_are_reported_together_and_failures_stay_with_their_tasks():
 
 
 def test_tasks_queued_behind_a_long_task_are_recalled_and_run_elsewhere_exactly_once():
-    orion.init(transport="inproc", num_workers=2)
-    # A history of quick runs: pipelining then queues many behind a busy worker.
-    orion.get([step.remote(-1) for _ in range(200)])
-    long = step.remote(0, wait=True)
-    assert STARTED.wait(10)
+    long = _long_task_after_quick_history(num_workers=2)
     quick = [step.remote(i) for i in range(1, 201)]
     # Without recall, those queued behind the long task would wait for the gate.
     done = orion.get(quick, timeout=20)
@@ -132,10 +139,7 @@ def test_a_result_does_not_wait_for_the_task_queued_behind_it_when_it_ran_long()
 
 
 def test_force_cancel_leaves_the_tasks_queued_behind_to_a_fresh_worker_exactly_once():
-    orion.init(transport="inproc", num_workers=1)
-    orion.get([step.remote(-1) for _ in range(200)])  # history: quick
-    long = step.remote(0, wait=True)
-    assert STARTED.wait(10)
+    long = _long_task_after_quick_history(num_workers=1)
     queued = [step.remote(i) for i in range(1, 51)]  # one worker: queued behind the long task
     old = [w for w in threading.enumerate() if w.name.startswith("orion-worker")]
     orion.cancel(long, force=True)  # abandons the thread (it cannot be killed) and starts another
@@ -150,10 +154,7 @@ def test_force_cancel_leaves_the_tasks_queued_behind_to_a_fresh_worker_exactly_o
 
 
 def test_cancelling_a_task_queued_on_a_busy_worker_skips_it_and_no_other():
-    orion.init(transport="inproc", num_workers=1)
-    orion.get([step.remote(-1) for _ in range(200)])  # history: quick
-    long = step.remote(0, wait=True)
-    assert STARTED.wait(10)
+    long = _long_task_after_quick_history(num_workers=1)
     queued = [step.remote(i) for i in range(1, 21)]  # one worker: queued behind the long task
     orion.cancel(queued[4])
     GATE.set()
