@@ -191,11 +191,10 @@ class InprocWorker(threading.Thread):
                 item = self.inbox.get()
 
     def _run_item(self, item):
-        spec, inputs, function = item
         started = time.time()
         outcome = self._run_one(item)
         if outcome is not None:
-            self._finished.append((spec.task_id, outcome, (started, max(started, time.time()))))
+            self._finished.append((item[0].task_id, outcome, (started, max(started, time.time()))))
 
     def _report_locked(self):
         """Tell the head of the tasks run since the last report, in the order they ran."""
